@@ -1,0 +1,140 @@
+//! Errors that point into the pipeline file: path, line, column, the line
+//! itself, and a hint on how to fix it.
+//!
+//! The renderer is hand-written (a few dozen lines) rather than pulled from a
+//! diagnostics crate: the output is one shape, rustc-like, and it keeps the
+//! binary that runs inside every container small.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+/// One problem found in a pipeline file, located to the byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// The pipeline file.
+    pub path: PathBuf,
+    /// 1-based line of the offending value.
+    pub line: usize,
+    /// 1-based column (in characters) of the offending value.
+    pub column: usize,
+    /// What is wrong, lower-case, no trailing period.
+    pub message: String,
+    /// How to fix it, when there is something useful to say.
+    pub help: Option<String>,
+    /// The source line the problem is on, for display.
+    source_line: String,
+    /// How many characters of `source_line` to underline.
+    width: usize,
+}
+
+impl Diagnostic {
+    /// Locates `span` (byte offsets into `source`) and builds a diagnostic.
+    pub fn new(path: &Path, source: &str, span: Range<usize>, message: impl Into<String>) -> Self {
+        let start = span.start.min(source.len());
+        let line_start = source[..start].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = source[start..]
+            .find('\n')
+            .map_or(source.len(), |i| start + i);
+        let source_line = source[line_start..line_end].trim_end_matches('\r');
+        let column = source[line_start..start].chars().count() + 1;
+        let end = span.end.clamp(start, line_end);
+        let width = source[start..end].chars().count().max(1);
+        Diagnostic {
+            path: path.to_path_buf(),
+            line: source[..start].matches('\n').count() + 1,
+            column,
+            message: message.into(),
+            help: None,
+            source_line: source_line.to_owned(),
+            width,
+        }
+    }
+
+    /// Adds a hint on how to fix the problem.
+    pub fn with_help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    /// Renders like rustc:
+    ///
+    /// ```text
+    /// error: unknown field `timout`, expected one of `name`, `plugin`, ...
+    ///  --> lifehook.toml:7:1
+    ///   |
+    /// 7 | timout = "5s"
+    ///   | ^^^^^^
+    ///   = help: ...
+    /// ```
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let number = self.line.to_string();
+        let pad = " ".repeat(number.len());
+        writeln!(f, "error: {}", self.message)?;
+        writeln!(
+            f,
+            "{pad}--> {}:{}:{}",
+            self.path.display(),
+            self.line,
+            self.column
+        )?;
+        writeln!(f, "{pad} |")?;
+        writeln!(f, "{number} | {}", self.source_line)?;
+        write!(
+            f,
+            "{pad} | {}{}",
+            " ".repeat(self.column - 1),
+            "^".repeat(self.width)
+        )?;
+        if let Some(help) = &self.help {
+            write!(f, "\n{pad} = help: {help}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every problem found in one pipeline file (never empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n\n")?;
+            }
+            write!(f, "{d}")?;
+        }
+        if self.0.len() > 1 {
+            write!(f, "\n\n{} problems found", self.0.len())?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locates_line_and_column_of_a_span() {
+        let src = "a = 1\nbb = \"x\"\n";
+        let at = src.find("\"x\"").expect("fixture has the value");
+        let d = Diagnostic::new(Path::new("p.toml"), src, at..at + 3, "bad value");
+        assert_eq!((d.line, d.column), (2, 6));
+        let text = d.with_help("write it right").to_string();
+        assert_eq!(
+            text,
+            "error: bad value\n --> p.toml:2:6\n  |\n2 | bb = \"x\"\n  |      ^^^\n  = help: write it right"
+        );
+    }
+
+    #[test]
+    fn span_at_end_of_file_does_not_panic() {
+        let src = "a = ";
+        let d = Diagnostic::new(Path::new("p.toml"), src, 4..9, "missing value");
+        assert_eq!((d.line, d.column), (1, 5));
+    }
+}

@@ -1,0 +1,307 @@
+//! Capability grants, parsed: which HTTP origins and TCP addresses a step may
+//! reach, and which host directories it sees.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::schema::Access;
+
+/// The scheme of an HTTP grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    /// Plain HTTP.
+    Http,
+    /// HTTP over TLS.
+    Https,
+}
+
+impl Scheme {
+    /// The port used when a URL names none.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        }
+    }
+
+    /// Parses `http` or `https`, ignoring case.
+    pub fn parse(text: &str) -> Option<Scheme> {
+        if text.eq_ignore_ascii_case("http") {
+            Some(Scheme::Http)
+        } else if text.eq_ignore_ascii_case("https") {
+            Some(Scheme::Https)
+        } else {
+            None
+        }
+    }
+}
+
+/// One `allow.http` entry.
+///
+/// Forms: `"https://api.example.com"` (that scheme, its default port),
+/// `"http://10.0.0.7:8080"`, `"api.example.com"` (either scheme on its default
+/// port), `"api.example.com:8443"` (either scheme, that port), and a leading
+/// `*.` that matches any subdomain (`"https://*.example.com"`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HttpGrant {
+    /// Only this scheme, or either.
+    pub scheme: Option<Scheme>,
+    /// The host, lower-case; `*.example.com` for a subdomain wildcard. IPv6
+    /// addresses are kept without brackets.
+    pub host: String,
+    /// Only this port; `None` means the scheme's default port.
+    pub port: Option<u16>,
+}
+
+impl HttpGrant {
+    /// Parses one entry; the error says what is wrong and how to write it.
+    pub fn parse(text: &str) -> Result<HttpGrant, String> {
+        let (scheme, rest) = match text.split_once("://") {
+            Some((scheme, rest)) => match Scheme::parse(scheme) {
+                Some(s) => (Some(s), rest),
+                None => {
+                    return Err(format!(
+                        "unsupported scheme `{scheme}` in HTTP grant {text:?}: use http or https"
+                    ));
+                }
+            },
+            None => (None, text),
+        };
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if let Some(slash) = authority.find(['/', '?', '#']) {
+            return Err(format!(
+                "HTTP grant {text:?} has a path `{}`: grants are per origin; drop the path",
+                &authority[slash..]
+            ));
+        }
+        if authority.contains('@') {
+            return Err(format!(
+                "HTTP grant {text:?} has user info: grant the origin only"
+            ));
+        }
+        let (host, port) = split_host_port(authority)
+            .map_err(|why| format!("invalid HTTP grant {text:?}: {why}"))?;
+        check_host(&host, true).map_err(|why| format!("invalid HTTP grant {text:?}: {why}"))?;
+        Ok(HttpGrant { scheme, host, port })
+    }
+
+    /// True when a request to `scheme://host:port` is allowed by this grant.
+    /// `port` is the port the request will connect to (explicit or default).
+    pub fn allows(&self, scheme: Scheme, host: &str, port: u16) -> bool {
+        if self.scheme.is_some_and(|s| s != scheme) {
+            return false;
+        }
+        if port != self.port.unwrap_or(scheme.default_port()) {
+            return false;
+        }
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        match self.host.strip_prefix("*.") {
+            Some(domain) => host.len().checked_sub(domain.len() + 1).is_some_and(|cut| {
+                host.as_bytes()[cut] == b'.' && host[cut + 1..].eq_ignore_ascii_case(domain)
+            }),
+            None => host.eq_ignore_ascii_case(&self.host),
+        }
+    }
+}
+
+impl fmt::Display for HttpGrant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(s) = self.scheme {
+            f.write_str(if s == Scheme::Http {
+                "http://"
+            } else {
+                "https://"
+            })?;
+        }
+        write_host(f, &self.host)?;
+        if let Some(p) = self.port {
+            write!(f, ":{p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One `allow.tcp` entry: a host name or IP address and a port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TcpGrant {
+    /// A DNS name (resolved by the runner when the step starts) or an IP
+    /// address (IPv6 without brackets).
+    pub host: String,
+    /// The port.
+    pub port: u16,
+}
+
+impl TcpGrant {
+    /// Parses `host:port`; the error says how to write it.
+    pub fn parse(text: &str) -> Result<TcpGrant, String> {
+        let (host, port) =
+            split_host_port(text).map_err(|why| format!("invalid TCP grant {text:?}: {why}"))?;
+        let Some(port) = port else {
+            return Err(format!(
+                "TCP grant {text:?} has no port: write `host:port`, like \"redis:6379\""
+            ));
+        };
+        check_host(&host, false).map_err(|why| format!("invalid TCP grant {text:?}: {why}"))?;
+        Ok(TcpGrant { host, port })
+    }
+}
+
+impl fmt::Display for TcpGrant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_host(f, &self.host)?;
+        write!(f, ":{}", self.port)
+    }
+}
+
+/// One `allow.dirs` entry, resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DirGrant {
+    /// The host directory, absolute.
+    pub host: PathBuf,
+    /// Where the plugin sees it.
+    pub guest: String,
+    /// Read-only or read-write.
+    pub access: Access,
+}
+
+fn write_host(f: &mut fmt::Formatter<'_>, host: &str) -> fmt::Result {
+    if host.contains(':') {
+        write!(f, "[{host}]")
+    } else {
+        f.write_str(host)
+    }
+}
+
+/// Splits `host`, `host:port`, `[v6]` or `[v6]:port`.
+fn split_host_port(text: &str) -> Result<(String, Option<u16>), String> {
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or("an IPv6 address needs its closing `]`")?;
+        match after {
+            "" => (host, None),
+            _ => match after.strip_prefix(':') {
+                Some(port) => (host, Some(port)),
+                None => return Err(format!("unexpected `{after}` after the address")),
+            },
+        }
+    } else {
+        match text.rsplit_once(':') {
+            Some((host, port)) if !host.contains(':') => (host, Some(port)),
+            Some(_) => return Err("write IPv6 addresses in brackets, like \"[::1]:6379\"".into()),
+            None => (text, None),
+        }
+    };
+    let port = match port {
+        None => None,
+        Some(p) => match p.parse::<u16>() {
+            Ok(p) if p > 0 => Some(p),
+            _ => return Err(format!("`{p}` is not a port number (1-65535)")),
+        },
+    };
+    Ok((host.to_ascii_lowercase(), port))
+}
+
+fn check_host(host: &str, allow_wildcard: bool) -> Result<(), String> {
+    if host.is_empty() {
+        return Err("the host is empty".into());
+    }
+    if host.contains(':') {
+        return host
+            .parse::<std::net::Ipv6Addr>()
+            .map(drop)
+            .map_err(|_| format!("`{host}` is not an IPv6 address"));
+    }
+    let name = match host.strip_prefix("*.") {
+        Some(rest) if allow_wildcard => rest,
+        Some(_) => return Err("wildcards are not allowed here".into()),
+        None => host,
+    };
+    if name.contains('*') {
+        return Err("`*` is allowed only as a leading `*.`, like \"*.example.com\"".into());
+    }
+    let ok = name.split('.').all(|label| {
+        !label.is_empty()
+            && label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("`{host}` is not a host name or IP address"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_grant_forms() {
+        let g = HttpGrant::parse("https://API.example.com").expect("valid");
+        assert!(g.allows(Scheme::Https, "api.example.com", 443));
+        assert!(!g.allows(Scheme::Http, "api.example.com", 80));
+        assert!(!g.allows(Scheme::Https, "api.example.com", 8443));
+
+        let g = HttpGrant::parse("127.0.0.1:8080").expect("valid");
+        assert!(g.allows(Scheme::Http, "127.0.0.1", 8080));
+        assert!(g.allows(Scheme::Https, "127.0.0.1", 8080));
+        assert!(!g.allows(Scheme::Http, "127.0.0.1", 80));
+
+        let g = HttpGrant::parse("example.com").expect("valid");
+        assert!(g.allows(Scheme::Http, "example.com", 80));
+        assert!(g.allows(Scheme::Https, "EXAMPLE.com", 443));
+        assert!(!g.allows(Scheme::Http, "example.com", 443));
+
+        let g = HttpGrant::parse("http://[::1]:9000/").expect("valid");
+        assert!(g.allows(Scheme::Http, "[::1]", 9000));
+        assert_eq!(g.to_string(), "http://[::1]:9000");
+    }
+
+    #[test]
+    fn wildcard_matches_subdomains_only() {
+        let g = HttpGrant::parse("*.example.com").expect("valid");
+        assert!(g.allows(Scheme::Https, "a.example.com", 443));
+        assert!(g.allows(Scheme::Https, "a.b.example.com", 443));
+        assert!(!g.allows(Scheme::Https, "example.com", 443));
+        assert!(!g.allows(Scheme::Https, "badexample.com", 443));
+        assert!(!g.allows(Scheme::Https, "com", 443));
+    }
+
+    #[test]
+    fn bad_http_grants_say_why() {
+        let err = |t| HttpGrant::parse(t).unwrap_err();
+        assert!(err("https://x.com/path").contains("drop the path"));
+        assert!(err("ftp://x.com").contains("use http or https"));
+        assert!(err("x.com:99999").contains("not a port"));
+        assert!(err("*").contains("is allowed only as a leading"));
+        assert!(err("a.*.com").contains("is allowed only as a leading"));
+        assert!(err("user@x.com").contains("user info"));
+    }
+
+    #[test]
+    fn tcp_grants() {
+        assert_eq!(
+            TcpGrant::parse("Redis:6379"),
+            Ok(TcpGrant {
+                host: "redis".into(),
+                port: 6379
+            })
+        );
+        assert_eq!(
+            TcpGrant::parse("[::1]:1").map(|g| g.to_string()),
+            Ok("[::1]:1".into())
+        );
+        assert!(
+            TcpGrant::parse("redis")
+                .unwrap_err()
+                .contains("has no port")
+        );
+        assert!(TcpGrant::parse("::1:80").unwrap_err().contains("brackets"));
+        assert!(TcpGrant::parse("*.x:1").unwrap_err().contains("wildcards"));
+    }
+}

@@ -1,0 +1,330 @@
+//! The pipeline file as written: serde types that mirror the TOML, with spans
+//! kept on every value a later check may need to point at. Nothing here is
+//! resolved; see [`crate::plan`] for the checked, resolved form.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use toml::Spanned;
+
+use crate::units::{DurationValue, Fuel, SizeValue};
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawPipeline {
+    /// Limits and policies every step starts from.
+    ///
+    /// Example: `[defaults]` then `timeout = "5s"`
+    #[serde(default)]
+    pub defaults: RawDefaults,
+    /// The steps run before the container stops.
+    ///
+    /// Example: `[pre-stop]` then `deadline = "20s"`
+    pub pre_stop: Option<RawPhase>,
+    /// The steps run right after the container starts.
+    ///
+    /// Example: `[post-start]` then `deadline = "30s"`
+    pub post_start: Option<RawPhase>,
+}
+
+/// Settings a step inherits unless it sets its own.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawDefaults {
+    /// Wall-time limit of one attempt.
+    ///
+    /// Example: `timeout = "5s"`
+    pub timeout: Option<Spanned<DurationValue>>,
+    /// CPU budget of one attempt.
+    ///
+    /// Example: `fuel = 1_000_000_000`
+    pub fuel: Option<Fuel>,
+    /// Total linear memory a plugin may use.
+    ///
+    /// Example: `memory = "64MiB"`
+    pub memory: Option<Spanned<SizeValue>>,
+    /// Captured stdout + stderr kept per step; more is dropped and counted.
+    ///
+    /// Example: `output-limit = "64KiB"`
+    pub output_limit: Option<SizeValue>,
+    /// What a failed step does to the rest of the phase.
+    ///
+    /// Example: `on-failure = "abort"`
+    pub on_failure: Option<OnFailure>,
+    /// How retryable failures are retried.
+    ///
+    /// Example: `retries = { attempts = 3, backoff = "200ms" }`
+    pub retries: Option<Spanned<RawRetries>>,
+}
+
+/// One phase: its deadline and its ordered steps.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawPhase {
+    /// The whole phase never outlives this; steps get what is left.
+    ///
+    /// Example: `deadline = "20s"`
+    pub deadline: Option<DurationValue>,
+    /// The steps, in order.
+    ///
+    /// Example: `[[pre-stop.steps]]` then `name = "notify"`
+    #[serde(default)]
+    pub steps: Vec<Spanned<RawStep>>,
+}
+
+/// What a failed step does to the rest of its phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnFailure {
+    /// Go on with the next step; the run still exits 0.
+    Continue,
+    /// Skip the remaining steps and exit non-zero.
+    Abort,
+}
+
+/// A retry policy as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawRetries {
+    /// Attempts in all, including the first.
+    ///
+    /// Example: `attempts = 3`
+    pub attempts: Option<Spanned<i64>>,
+    /// Wait before the second attempt; later waits grow by `multiplier`.
+    ///
+    /// Example: `backoff = "200ms"`
+    pub backoff: Option<DurationValue>,
+    /// Growth factor of the wait between attempts.
+    ///
+    /// Example: `multiplier = 2.0`
+    pub multiplier: Option<Spanned<f64>>,
+    /// The longest wait between two attempts.
+    ///
+    /// Example: `max-backoff = "5s"`
+    pub max_backoff: Option<DurationValue>,
+}
+
+/// One step as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawStep {
+    /// Unique within the phase; tags the step's logs and report line.
+    ///
+    /// Example: `name = "notify-shutdown"`
+    pub name: Spanned<String>,
+    /// The plugin component, relative to the pipeline file.
+    ///
+    /// Example: `plugin = "plugins/notify_shutdown.wasm"`
+    pub plugin: Spanned<String>,
+    /// Wall-time limit of one attempt.
+    ///
+    /// Example: `timeout = "3s"`
+    pub timeout: Option<Spanned<DurationValue>>,
+    /// CPU budget of one attempt.
+    ///
+    /// Example: `fuel = "unlimited"`
+    pub fuel: Option<Fuel>,
+    /// Total linear memory the plugin may use.
+    ///
+    /// Example: `memory = "32MiB"`
+    pub memory: Option<Spanned<SizeValue>>,
+    /// Captured stdout + stderr kept for this step.
+    ///
+    /// Example: `output-limit = "16KiB"`
+    pub output_limit: Option<SizeValue>,
+    /// What this step failing does to the rest of the phase.
+    ///
+    /// Example: `on-failure = "continue"`
+    pub on_failure: Option<OnFailure>,
+    /// How retryable failures of this step are retried.
+    ///
+    /// Example: `retries = { attempts = 5, backoff = "100ms", max-backoff = "1s" }`
+    pub retries: Option<Spanned<RawRetries>>,
+    /// Run at the same time as the neighbouring steps also marked
+    /// `concurrent`; the group finishes before the next step starts.
+    ///
+    /// Example: `concurrent = true`
+    #[serde(default)]
+    pub concurrent: bool,
+    /// Arguments of a `wasi:cli/command` plugin (`argv[1..]`).
+    ///
+    /// Example: `args = ["--drain", "${POD_NAME}"]`
+    #[serde(default)]
+    pub args: Vec<Spanned<String>>,
+    /// Environment variables set for the plugin, with these values.
+    ///
+    /// Example: `env = { LOG_LEVEL = "debug" }`
+    #[serde(default)]
+    pub env: BTreeMap<Spanned<String>, Spanned<String>>,
+    /// Capabilities granted to the step; nothing else is reachable.
+    ///
+    /// Example: `allow = { http = ["http://127.0.0.1:8080"] }`
+    #[serde(default)]
+    pub allow: RawAllow,
+    /// Settings read by the plugin through `wasi:config/store`.
+    ///
+    /// Example: `[pre-stop.steps.config]` then `url = "http://${HOST}/drain"`
+    #[serde(default)]
+    pub config: BTreeMap<String, Spanned<ConfigValue>>,
+}
+
+/// Capability grants as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawAllow {
+    /// Outbound HTTP: origins (`"https://api.example.com"`), authorities
+    /// (`"10.0.0.7:8080"`) or host names, `*.` wildcards allowed.
+    ///
+    /// Example: `http = ["https://*.example.com", "http://127.0.0.1:8080"]`
+    #[serde(default)]
+    pub http: Vec<Spanned<String>>,
+    /// Outbound TCP connections, `host:port`.
+    ///
+    /// Example: `tcp = ["redis.default.svc:6379"]`
+    #[serde(default)]
+    pub tcp: Vec<Spanned<String>>,
+    /// Host directories, read-only unless `access = "read-write"`.
+    ///
+    /// Example: `dirs = ["/etc/app", { host = "./state", guest = "/state", access = "read-write" }]`
+    #[serde(default)]
+    pub dirs: Vec<Spanned<RawDir>>,
+    /// Environment variables passed through from the runner.
+    ///
+    /// Example: `env = ["POD_NAME", "POD_NAMESPACE"]`
+    #[serde(default)]
+    pub env: Vec<Spanned<String>>,
+}
+
+/// How a granted directory may be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Access {
+    /// List and read files only.
+    Read,
+    /// Also create, write, rename and delete.
+    ReadWrite,
+}
+
+/// A directory grant: a bare path (read-only, same path in the plugin) or a
+/// table.
+#[derive(Debug)]
+pub struct RawDir {
+    /// The directory on the host, relative to the pipeline file.
+    pub host: String,
+    /// Where the plugin sees it; defaults to the host path as written.
+    pub guest: Option<String>,
+    /// Read-only unless `read-write`.
+    pub access: Access,
+}
+
+impl<'de> Deserialize<'de> for RawDir {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            host: String,
+            guest: Option<String>,
+            access: Option<Access>,
+        }
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawDir;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a path, or a table like { host = \"./state\", guest = \"/state\", access = \"read-write\" }",
+                )
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawDir, E> {
+                Ok(RawDir {
+                    host: v.to_owned(),
+                    guest: None,
+                    access: Access::Read,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawDir, A::Error> {
+                let t = Table::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawDir {
+                    host: t.host,
+                    guest: t.guest,
+                    access: t.access.unwrap_or(Access::Read),
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Name of the field the `toml` crate uses to pass a datetime through serde.
+const TOML_DATETIME_FIELD: &str = "$__toml_private_datetime";
+
+/// A `[config]` value: strings, numbers, booleans, and arrays or tables of
+/// them (flattened to dotted keys when resolved).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConfigValue {
+    /// A string, interpolated when resolved.
+    String(String),
+    /// An integer.
+    Integer(i64),
+    /// A float.
+    Float(f64),
+    /// A boolean.
+    Boolean(bool),
+    /// A TOML date or time, passed on as written.
+    Datetime(String),
+    /// An array of scalars, passed on one item per line.
+    Array(Vec<Spanned<ConfigValue>>),
+    /// A nested table, flattened to `outer.inner` keys.
+    Table(BTreeMap<String, Spanned<ConfigValue>>),
+}
+
+impl<'de> Deserialize<'de> for ConfigValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ConfigValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, number, boolean, array or table")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ConfigValue, E> {
+                Ok(ConfigValue::String(v.to_owned()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ConfigValue, E> {
+                Ok(ConfigValue::Integer(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ConfigValue, E> {
+                i64::try_from(v)
+                    .map(ConfigValue::Integer)
+                    .map_err(|_| E::custom("integer out of range"))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<ConfigValue, E> {
+                Ok(ConfigValue::Float(v))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<ConfigValue, E> {
+                Ok(ConfigValue::Boolean(v))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ConfigValue, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<Spanned<ConfigValue>>()? {
+                    items.push(item);
+                }
+                Ok(ConfigValue::Array(items))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ConfigValue, A::Error> {
+                let mut table = BTreeMap::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == TOML_DATETIME_FIELD {
+                        let text: String = map.next_value()?;
+                        return Ok(ConfigValue::Datetime(text));
+                    }
+                    let value = map.next_value::<Spanned<ConfigValue>>()?;
+                    table.insert(key, value);
+                }
+                Ok(ConfigValue::Table(table))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}

@@ -1,0 +1,189 @@
+//! Values with units, parsed once at load time: durations (`"5s"`), sizes
+//! (`"64MiB"`) and fuel (`1_000_000` or `"unlimited"`).
+//!
+//! Each has its own serde visitor so that a wrong value fails with a message
+//! saying what was expected, located by the `toml` crate at the exact line and
+//! column.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{self, Deserialize, Deserializer, Visitor};
+
+/// A duration written with its unit: `"250ms"`, `"5s"`, `"1m 30s"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DurationValue(pub Duration);
+
+impl<'de> Deserialize<'de> for DurationValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = DurationValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration with its unit, like \"500ms\", \"5s\" or \"1m\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<DurationValue, E> {
+                match humantime::parse_duration(v) {
+                    Ok(d) if d.is_zero() => Err(E::custom(format!(
+                        "invalid duration {v:?}: it must be more than zero"
+                    ))),
+                    Ok(d) => Ok(DurationValue(d)),
+                    Err(e) => Err(E::custom(format!(
+                        "invalid duration {v:?}: {e}; write a number and a unit, like \"500ms\", \"5s\" or \"1m\""
+                    ))),
+                }
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<DurationValue, E> {
+                Err(E::custom(format!(
+                    "a bare number is not a duration: write the unit, like \"{v}s\" or \"{v}ms\""
+                )))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<DurationValue, E> {
+                Err(E::custom(format!(
+                    "a bare number is not a duration: write the unit, like \"{v}s\""
+                )))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A size in bytes written with its unit: `"64MiB"`, `"512KiB"`, `"1GB"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SizeValue(pub u64);
+
+impl<'de> Deserialize<'de> for SizeValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = SizeValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size with its unit, like \"64MiB\" or \"512KiB\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<SizeValue, E> {
+                let bad = |why: &str| {
+                    E::custom(format!(
+                        "invalid size {v:?}: {why}; write a number and a unit, like \"64MiB\" or \"512KiB\""
+                    ))
+                };
+                if v.trim().chars().all(|c| c.is_ascii_digit()) {
+                    return Err(bad("the unit is missing"));
+                }
+                match v.trim().parse::<bytesize::ByteSize>() {
+                    Ok(size) if size.as_u64() == 0 => Err(bad("it must be more than zero")),
+                    Ok(size) => Ok(SizeValue(size.as_u64())),
+                    Err(e) => Err(bad(&e)),
+                }
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<SizeValue, E> {
+                Err(E::custom(format!(
+                    "a bare number is not a size: write the unit, like \"{v}MiB\" or \"{v}B\""
+                )))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl fmt::Display for SizeValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", bytesize::ByteSize(self.0).display().iec())
+    }
+}
+
+/// A fuel budget: a positive integer (roughly one unit per WebAssembly
+/// instruction), or `"unlimited"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fuel {
+    /// At most this much fuel.
+    Limited(u64),
+    /// No CPU budget: only the wall-time limits stop the step.
+    Unlimited,
+}
+
+impl<'de> Deserialize<'de> for Fuel {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Fuel;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a positive integer (like 1_000_000_000) or \"unlimited\"")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Fuel, E> {
+                match u64::try_from(v) {
+                    Ok(v) if v > 0 => Ok(Fuel::Limited(v)),
+                    _ => Err(E::custom(format!(
+                        "invalid fuel {v}: it must be a positive integer, or \"unlimited\""
+                    ))),
+                }
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Fuel, E> {
+                if v == "unlimited" {
+                    Ok(Fuel::Unlimited)
+                } else {
+                    Err(E::custom(format!(
+                        "invalid fuel {v:?}: write a positive integer (like 1_000_000_000) or \"unlimited\""
+                    )))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl fmt::Display for Fuel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fuel::Limited(n) => write!(f, "{n}"),
+            Fuel::Unlimited => f.write_str("unlimited"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    struct T {
+        d: Option<DurationValue>,
+        s: Option<SizeValue>,
+        f: Option<Fuel>,
+    }
+
+    fn parse(src: &str) -> Result<T, String> {
+        toml::from_str::<T>(src).map_err(|e| e.message().to_owned())
+    }
+
+    #[test]
+    fn parses_units() {
+        let t = parse("d = \"1m 30s\"\ns = \"64MiB\"\nf = 1_000").expect("valid");
+        assert_eq!(t.d, Some(DurationValue(Duration::from_secs(90))));
+        assert_eq!(t.s, Some(SizeValue(64 << 20)));
+        assert_eq!(t.f, Some(Fuel::Limited(1000)));
+        assert_eq!(
+            parse("f = \"unlimited\"").expect("valid").f,
+            Some(Fuel::Unlimited)
+        );
+    }
+
+    #[test]
+    fn bare_numbers_and_garbage_are_explained() {
+        assert!(
+            parse("d = 5")
+                .unwrap_err()
+                .contains("write the unit, like \"5s\"")
+        );
+        assert!(
+            parse("d = \"5 parsecs\"")
+                .unwrap_err()
+                .contains("invalid duration")
+        );
+        assert!(parse("d = \"0s\"").unwrap_err().contains("more than zero"));
+        assert!(parse("s = 64").unwrap_err().contains("\"64MiB\""));
+        assert!(parse("s = \"64\"").unwrap_err().contains("unit is missing"));
+        assert!(parse("s = \"lots\"").unwrap_err().contains("invalid size"));
+        assert!(parse("f = -1").unwrap_err().contains("positive integer"));
+        assert!(parse("f = \"lots\"").unwrap_err().contains("unlimited"));
+    }
+}
