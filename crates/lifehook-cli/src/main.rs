@@ -1,1 +1,60 @@
-fn main() {}
+//! `lifehook`: runs Kubernetes preStop/postStart pipelines of sandboxed
+//! WebAssembly plugins. This file is glue: argument parsing, logging, and the
+//! mapping from results to exit codes. The work is in `lifehook-manifest` and
+//! `lifehook-runtime`.
+
+mod commands;
+mod logging;
+
+use std::io::Write as _;
+
+use clap::Parser as _;
+
+use commands::Cli;
+
+fn main() {
+    let cli = Cli::parse();
+    logging::init(&cli.log);
+    let code = match cli.command.execute() {
+        Ok(code) => code,
+        Err(e) => {
+            report_error(&e);
+            error_code(&e)
+        }
+    };
+    let _ = std::io::stdout().flush();
+    // Exit without waiting for background work: a plugin still compiling on a
+    // blocking thread, or a dropped step, must not hold the hook past its
+    // deadline.
+    std::process::exit(code)
+}
+
+/// Prints an error and its causes the way anyhow does, except for pipeline
+/// diagnostics, which carry their own layout.
+fn report_error(e: &anyhow::Error) {
+    let mut stderr = std::io::stderr().lock();
+    if let Some(lifehook_manifest::ManifestError::Invalid(d)) = e.downcast_ref() {
+        let _ = writeln!(stderr, "{d}");
+        return;
+    }
+    let _ = writeln!(stderr, "error: {e}");
+    let mut causes = e.chain().skip(1).peekable();
+    if causes.peek().is_some() {
+        let _ = writeln!(stderr, "\nCaused by:");
+        for (i, cause) in causes.enumerate() {
+            let _ = writeln!(stderr, "    {i}: {cause}");
+        }
+    }
+}
+
+/// Invalid input exits with 2, anything else with 4 (see `--help`).
+fn error_code(e: &anyhow::Error) -> i32 {
+    if e.downcast_ref::<lifehook_manifest::ManifestError>()
+        .is_some()
+        || e.downcast_ref::<commands::UsageError>().is_some()
+    {
+        lifehook_runtime::EXIT_INVALID
+    } else {
+        lifehook_runtime::EXIT_INTERNAL
+    }
+}

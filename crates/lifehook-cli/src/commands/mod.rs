@@ -1,0 +1,151 @@
+//! The subcommands, one file each.
+
+mod check;
+mod compile;
+mod run;
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use lifehook_manifest::PhaseName;
+use lifehook_runtime::ArtifactCache;
+
+use crate::logging::LogArgs;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  every step succeeded, or failed with on-failure = \"continue\"
+  1  a step with on-failure = \"abort\" failed; the steps after it were skipped
+  2  the pipeline file or the command line is invalid (every problem is listed)
+  3  the phase deadline was reached; running steps were stopped, the rest skipped
+  4  lifehook itself failed (for example, its engine could not start)";
+
+/// Runs container lifecycle hooks (Kubernetes preStop / postStart) as a
+/// pipeline of sandboxed WebAssembly plugins, each under fuel, time and memory
+/// limits and with only the capabilities it is granted.
+#[derive(Debug, Parser)]
+#[command(name = "lifehook", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Run(run::Run),
+    Check(check::Check),
+    Compile(compile::Compile),
+}
+
+impl Command {
+    /// Runs the subcommand; returns the process exit code.
+    pub fn execute(self) -> anyhow::Result<i32> {
+        match self {
+            Command::Run(c) => c.execute(),
+            Command::Check(c) => c.execute(),
+            Command::Compile(c) => c.execute(),
+        }
+    }
+}
+
+/// The pipeline file, shared by every subcommand.
+#[derive(Debug, Args)]
+pub struct PipelineArgs {
+    /// The pipeline file.
+    #[arg(
+        short = 'f',
+        long = "file",
+        env = "LIFEHOOK_CONFIG",
+        default_value = "lifehook.toml"
+    )]
+    pub file: PathBuf,
+}
+
+/// Where precompiled plugins live.
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    /// Directory of precompiled plugins [default: .lifehook-cache next to the
+    /// pipeline file].
+    #[arg(long = "cache", env = "LIFEHOOK_CACHE", value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+}
+
+impl CacheArgs {
+    /// The cache for the pipeline at `pipeline`.
+    pub fn cache(&self, pipeline: &Path) -> ArtifactCache {
+        ArtifactCache::new(self.cache.clone().unwrap_or_else(|| {
+            let dir = pipeline.parent().filter(|p| !p.as_os_str().is_empty());
+            dir.unwrap_or(Path::new(".")).join(".lifehook-cache")
+        }))
+    }
+}
+
+/// A phase, as named on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PhaseArg {
+    /// Before the container stops (Kubernetes preStop).
+    PreStop,
+    /// After the container starts (Kubernetes postStart).
+    PostStart,
+}
+
+impl From<PhaseArg> for PhaseName {
+    fn from(p: PhaseArg) -> PhaseName {
+        match p {
+            PhaseArg::PreStop => PhaseName::PreStop,
+            PhaseArg::PostStart => PhaseName::PostStart,
+        }
+    }
+}
+
+/// Report format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    /// A table, headline first.
+    Text,
+    /// One JSON document.
+    Json,
+}
+
+/// A mistake on the command line that clap cannot see (an unknown step name).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// The distinct plugin files of `steps`, in pipeline order.
+pub fn distinct_plugins<'a>(
+    steps: impl Iterator<Item = &'a lifehook_manifest::Step>,
+) -> Vec<PathBuf> {
+    let mut seen = Vec::new();
+    for s in steps {
+        if !seen.contains(&s.plugin) {
+            seen.push(s.plugin.clone());
+        }
+    }
+    seen
+}
+
+/// A multi-threaded tokio runtime sized for a hook: steps run concurrently on
+/// at most four workers.
+pub fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

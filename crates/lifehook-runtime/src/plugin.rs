@@ -1,0 +1,310 @@
+//! Loading a plugin file: telling a component from a core module or a stray
+//! file, compiling it, telling a hook component from a `wasi:cli/command` by
+//! its exports, and pre-instantiating it against the linker once so each
+//! attempt only instantiates.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Component, types::ComponentItem};
+use wasmtime_wasi::p2::bindings::CommandPre;
+
+use crate::bindings::HookPre;
+use crate::engine::Runtime;
+use crate::state::StepState;
+
+/// Plugins bigger than this get a loud warning when they must be compiled at
+/// run time: interpreters built as components (Python, JavaScript) take many
+/// seconds of a grace period to compile.
+const LARGE_PLUGIN: u64 = 2 << 20;
+/// Compiling for longer than this is worth a warning.
+const SLOW_COMPILE: Duration = Duration::from_secs(1);
+
+/// What a plugin exports, and so how it is called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PluginKind {
+    /// Exports `run` from the `lifehook:hook` world.
+    Hook,
+    /// Exports `wasi:cli/run` (a command with a `main`).
+    Command,
+}
+
+/// How a plugin's machine code was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CodeSource {
+    /// Compiled in this process.
+    Compiled,
+    /// Loaded from an artifact made by `lifehook compile`.
+    Precompiled,
+}
+
+/// A plugin ready to instantiate.
+pub struct Plugin {
+    /// The plugin file.
+    pub path: PathBuf,
+    /// Hook component or command.
+    pub kind: PluginKind,
+    /// Where its machine code came from.
+    pub source: CodeSource,
+    /// Time spent compiling or loading it.
+    pub load_time: Duration,
+    pub(crate) pre: Pre,
+}
+
+pub(crate) enum Pre {
+    Hook(HookPre<StepState>),
+    Command(CommandPre<StepState>),
+}
+
+/// Why a plugin cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read plugin {path}: {source}")]
+    Read {
+        /// The plugin file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not WebAssembly at all.
+    #[error(
+        "plugin {path} is not a WebAssembly file (it does not start with `\\0asm`): build the plugin for wasm32-wasip2 and point `plugin` at the .wasm file"
+    )]
+    NotWasm {
+        /// The plugin file.
+        path: PathBuf,
+    },
+    /// A core module, not a component.
+    #[error(
+        "plugin {path} is a core WebAssembly module, not a component: build it for the wasm32-wasip2 target (or wrap it with `wasm-tools component new`)"
+    )]
+    CoreModule {
+        /// The plugin file.
+        path: PathBuf,
+    },
+    /// The component is malformed or uses features this runner lacks.
+    #[error("plugin {path} is not a valid component: {message}")]
+    Invalid {
+        /// The plugin file.
+        path: PathBuf,
+        /// wasmtime's reason.
+        message: String,
+    },
+    /// A component exporting neither interface lifehook calls.
+    #[error(
+        "plugin {path} exports neither `run` (the lifehook:hook world) nor `wasi:cli/run` (a command); it exports: {exports}"
+    )]
+    WrongExports {
+        /// The plugin file.
+        path: PathBuf,
+        /// What it does export.
+        exports: String,
+    },
+    /// `run` is exported with another signature.
+    #[error(
+        "plugin {path} exports `run` with a signature other than lifehook:hook@0.1.0's (built against another version of wit/hook.wit?): {message}"
+    )]
+    HookSignature {
+        /// The plugin file.
+        path: PathBuf,
+        /// wasmtime's reason.
+        message: String,
+    },
+    /// It imports something lifehook does not provide.
+    #[error(
+        "plugin {path} imports something lifehook does not provide (lifehook offers WASI 0.2 cli, clocks, random, filesystem, sockets and http, wasi:config/store@0.2.0-rc.1 and lifehook:hook/log): {message}"
+    )]
+    Imports {
+        /// The plugin file.
+        path: PathBuf,
+        /// wasmtime's reason.
+        message: String,
+    },
+    /// This build cannot compile and no usable precompiled artifact exists.
+    #[error(
+        "plugin {path} must be precompiled: this lifehook was built without a compiler; run `lifehook compile` with a full build"
+    )]
+    NeedsCompiler {
+        /// The plugin file.
+        path: PathBuf,
+    },
+}
+
+/// What the first bytes of a file say it is.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum WasmFormat {
+    Component,
+    CoreModule,
+    NotWasm,
+}
+
+pub(crate) fn sniff(bytes: &[u8]) -> WasmFormat {
+    if wasmparser::Parser::is_component(bytes) {
+        WasmFormat::Component
+    } else if wasmparser::Parser::is_core_wasm(bytes) {
+        WasmFormat::CoreModule
+    } else {
+        WasmFormat::NotWasm
+    }
+}
+
+impl Plugin {
+    /// Reads, checks and compiles the plugin at `path`. Blocking and
+    /// CPU-heavy: call from a blocking thread.
+    pub fn load(rt: &Runtime, path: &Path) -> Result<Plugin, LoadError> {
+        let started = Instant::now();
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let component = compile(rt, path, &bytes)?;
+        Self::prepare(rt, path, component, CodeSource::Compiled, started)
+    }
+
+    /// Classifies `component` by its exports and pre-instantiates it.
+    pub(crate) fn prepare(
+        rt: &Runtime,
+        path: &Path,
+        component: Component,
+        source: CodeSource,
+        started: Instant,
+    ) -> Result<Plugin, LoadError> {
+        let kind = classify(rt, path, &component)?;
+        let instance_pre =
+            rt.linker
+                .instantiate_pre(&component)
+                .map_err(|e| LoadError::Imports {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?;
+        let pre =
+            match kind {
+                PluginKind::Hook => {
+                    Pre::Hook(
+                        HookPre::new(instance_pre).map_err(|e| LoadError::HookSignature {
+                            path: path.to_path_buf(),
+                            message: format!("{e:#}"),
+                        })?,
+                    )
+                }
+                PluginKind::Command => Pre::Command(CommandPre::new(instance_pre).map_err(
+                    |e| LoadError::Invalid {
+                        path: path.to_path_buf(),
+                        message: format!("{e:#}"),
+                    },
+                )?),
+            };
+        Ok(Plugin {
+            path: path.to_path_buf(),
+            kind,
+            source,
+            load_time: started.elapsed(),
+            pre,
+        })
+    }
+}
+
+/// Checks the file's format, then compiles it with Cranelift.
+pub(crate) fn compile(rt: &Runtime, path: &Path, bytes: &[u8]) -> Result<Component, LoadError> {
+    match sniff(bytes) {
+        WasmFormat::Component => {}
+        WasmFormat::CoreModule => {
+            return Err(LoadError::CoreModule {
+                path: path.to_path_buf(),
+            });
+        }
+        WasmFormat::NotWasm => {
+            return Err(LoadError::NotWasm {
+                path: path.to_path_buf(),
+            });
+        }
+    }
+    if !cfg!(feature = "compiler") {
+        return Err(LoadError::NeedsCompiler {
+            path: path.to_path_buf(),
+        });
+    }
+    let size = bytes.len() as u64;
+    if size > LARGE_PLUGIN {
+        tracing::warn!(
+            "compiling plugin {} ({} MiB) at run time; this can take many seconds of the deadline: precompile it with `lifehook compile` when building the image",
+            path.display(),
+            size >> 20
+        );
+    }
+    let started = Instant::now();
+    let component = Component::new(&rt.engine, bytes).map_err(|e| LoadError::Invalid {
+        path: path.to_path_buf(),
+        message: format!("{e:#}"),
+    })?;
+    let took = started.elapsed();
+    if took > SLOW_COMPILE {
+        tracing::warn!(
+            "compiling plugin {} took {:.1}s; precompile it with `lifehook compile`",
+            path.display(),
+            took.as_secs_f64()
+        );
+    } else {
+        tracing::debug!("compiled plugin {} in {took:?}", path.display());
+    }
+    Ok(component)
+}
+
+/// Tells a hook component from a command by its exports.
+fn classify(rt: &Runtime, path: &Path, component: &Component) -> Result<PluginKind, LoadError> {
+    let ty = component.component_type();
+    let mut names = Vec::new();
+    let mut has_run_func = false;
+    let mut has_cli_run = false;
+    for (name, item) in ty.exports(&rt.engine) {
+        match (name, &item.ty) {
+            ("run", ComponentItem::ComponentFunc(_)) => has_run_func = true,
+            (n, ComponentItem::ComponentInstance(_)) if is_cli_run(n) => has_cli_run = true,
+            _ => {}
+        }
+        names.push(name.to_owned());
+    }
+    if has_run_func {
+        Ok(PluginKind::Hook)
+    } else if has_cli_run {
+        Ok(PluginKind::Command)
+    } else {
+        Err(LoadError::WrongExports {
+            path: path.to_path_buf(),
+            exports: if names.is_empty() {
+                "nothing".into()
+            } else {
+                names.join(", ")
+            },
+        })
+    }
+}
+
+/// `wasi:cli/run@0.2.x`: any 0.2 release.
+fn is_cli_run(name: &str) -> bool {
+    name.strip_prefix("wasi:cli/run@0.2.").is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniffs_formats() {
+        assert_eq!(sniff(b"\0asm\x01\0\0\0"), WasmFormat::CoreModule);
+        assert_eq!(sniff(b"\0asm\x0d\0\x01\0"), WasmFormat::Component);
+        assert_eq!(sniff(b"#!/bin/sh\n"), WasmFormat::NotWasm);
+        assert_eq!(sniff(b""), WasmFormat::NotWasm);
+    }
+
+    #[test]
+    fn recognises_any_wasi_0_2_run() {
+        assert!(is_cli_run("wasi:cli/run@0.2.0"));
+        assert!(is_cli_run("wasi:cli/run@0.2.6"));
+        assert!(!is_cli_run("wasi:cli/run@0.3.0"));
+        assert!(!is_cli_run("wasi:http/incoming-handler@0.2.0"));
+    }
+}
