@@ -157,7 +157,10 @@ impl Captured {
     fn emit(&mut self, stream: Stream, line: &[u8]) {
         let text = String::from_utf8_lossy(line);
         let text = text.trim_end_matches('\r');
-        if stream == Stream::Stderr && !text.trim().is_empty() {
+        // Rust's panic output ends with a hint about backtraces; the line
+        // before it is the panic message, which is what the report wants.
+        let boilerplate = text.starts_with("note: run with `RUST_BACKTRACE");
+        if stream == Stream::Stderr && !text.trim().is_empty() && !boilerplate {
             self.last_stderr = text.chars().take(MAX_LAST_LINE).collect();
         }
         if self.take_budget(line.len() + 1) {

@@ -282,7 +282,8 @@ async fn run_step(
     report.kind = Some(plugin.kind);
     report.code = Some(plugin.source);
 
-    let mut fuel_total: Option<u64> = None;
+    // None once any attempt's fuel is unknown (see `run_attempt`).
+    let mut fuel_total: Option<u64> = Some(0);
     let attempts = step.retry.attempts;
     let mut attempt = 1;
     loop {
@@ -308,9 +309,9 @@ async fn run_step(
         let result = run_attempt(rt, &plugin, step, &invocation, deadline, &denials, &output).await;
         output.flush();
         report.attempts = attempt;
-        if let Some(f) = result.fuel {
-            fuel_total = Some(fuel_total.unwrap_or(0).saturating_add(f));
-        }
+        fuel_total = fuel_total
+            .zip(result.fuel)
+            .map(|(a, b)| a.saturating_add(b));
         report.outcome = result.outcome;
         report.message = result.message;
         report.cut_by_deadline = result.outcome == Outcome::TimedOut && deadline == phase_deadline;
@@ -348,7 +349,7 @@ async fn run_step(
     report.duration = started.elapsed();
     match report.outcome {
         Outcome::Ok => tracing::info!("ok: {}", report.message),
-        _ => tracing::warn!("{}: {}", report.outcome, report.message),
+        outcome => tracing::warn!("step {outcome}: {}", report.message),
     }
     report
 }
@@ -421,7 +422,18 @@ async fn run_attempt(
         }
     };
     let returned = tokio::time::timeout_at(deadline.into(), call).await;
-    let fuel_used = store.get_fuel().ok().map(|left| fuel - left);
+    // Fuel is exact after a normal return, a trap or out-of-fuel. After a
+    // timeout it is not: an epoch interrupt (or dropping the call mid-loop)
+    // leaves the store's counter behind what the loop burned, so report it
+    // as unknown rather than as a wrong number.
+    let interrupted = match &returned {
+        Err(_) => true,
+        Ok(Err(e)) => matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)),
+        Ok(Ok(_)) => false,
+    };
+    let fuel_used = (!interrupted)
+        .then(|| store.get_fuel().ok().map(|left| fuel - left))
+        .flatten();
     let memory = &store.data().limiter;
     let mut result = classify(
         returned,
@@ -447,7 +459,6 @@ fn classify(
         Some(line) => format!("{message}: {line}"),
         None => message,
     };
-    let denied = || denials.snapshot().join("; ");
     if let Some(asked) = memory_exceeded {
         return AttemptResult::failed(
             Outcome::OutOfMemory,
@@ -463,104 +474,93 @@ fn classify(
         Err(_) => return timed_out(step),
         Ok(r) => r,
     };
-    match returned {
-        Ok(Returned::Hook(Ok(summary))) => AttemptResult {
-            outcome: Outcome::Ok,
-            message: summary,
-            retryable: false,
-            retry_after: None,
-            fuel: None,
-        },
+    let e = match returned {
+        Ok(Returned::Hook(Ok(summary))) => {
+            return AttemptResult::failed(Outcome::Ok, summary, false);
+        }
         Ok(Returned::Command(Ok(()))) => {
-            AttemptResult::failed(Outcome::Ok, "exited with code 0".into(), false)
+            return AttemptResult::failed(Outcome::Ok, "exited with code 0".into(), false);
         }
         Ok(Returned::Hook(Err(failure))) => {
-            let d = denied();
-            if d.is_empty() {
-                AttemptResult {
-                    outcome: Outcome::Failed,
-                    message: failure.message,
-                    retryable: failure.retryable,
-                    retry_after: failure.retry_after_ms.map(Duration::from_millis),
-                    fuel: None,
-                }
-            } else {
-                AttemptResult::failed(
-                    Outcome::Denied,
-                    format!("{} (denied: {d})", failure.message),
-                    false,
-                )
+            let mut result =
+                denied_or(Outcome::Failed, failure.message, failure.retryable, denials);
+            if result.outcome == Outcome::Failed {
+                result.retry_after = failure.retry_after_ms.map(Duration::from_millis);
             }
+            return result;
         }
-        Ok(Returned::Command(Err(()))) => command_failed(1, denied(), with_stderr),
-        Err(e) => {
-            if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
-                return match exit.0 {
-                    0 => AttemptResult::failed(Outcome::Ok, "exited with code 0".into(), false),
-                    code => command_failed(code, denied(), with_stderr),
-                };
-            }
-            match e.downcast_ref::<Trap>() {
-                Some(Trap::OutOfFuel) => AttemptResult::failed(
-                    Outcome::OutOfFuel,
-                    format!(
-                        "fuel limit of {} exhausted; raise `fuel` if this is expected",
-                        step.limits.fuel
-                    ),
-                    false,
-                ),
-                Some(Trap::Interrupt) => timed_out(step),
-                Some(trap) => {
-                    let d = denied();
-                    if d.is_empty() {
-                        AttemptResult::failed(
-                            Outcome::Trapped,
-                            with_stderr(format!("wasm trap: {trap}")),
-                            false,
-                        )
-                    } else {
-                        AttemptResult::failed(
-                            Outcome::Denied,
-                            format!("wasm trap: {trap} (denied: {d})"),
-                            false,
-                        )
-                    }
+        Ok(Returned::Command(Err(()))) => return command_failed(1, denials, with_stderr),
+        Err(e) => e,
+    };
+    if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return match exit.0 {
+            0 => AttemptResult::failed(Outcome::Ok, "exited with code 0".into(), false),
+            code => command_failed(code, denials, with_stderr),
+        };
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => AttemptResult::failed(
+            Outcome::OutOfFuel,
+            format!(
+                "fuel limit of {} exhausted; raise `fuel` if this is expected",
+                step.limits.fuel
+            ),
+            false,
+        ),
+        Some(Trap::Interrupt) => timed_out(step),
+        Some(trap) => {
+            let hint = match trap {
+                Trap::StackOverflow => " (unbounded recursion?)",
+                Trap::MemoryOutOfBounds => {
+                    " (a plugin overflowing its own stack ends like this too)"
                 }
-                None => {
-                    let d = denied();
-                    if d.is_empty() {
-                        AttemptResult::failed(Outcome::Failed, with_stderr(format!("{e:#}")), false)
-                    } else {
-                        AttemptResult::failed(
-                            Outcome::Denied,
-                            format!("{e:#} (denied: {d})"),
-                            false,
-                        )
-                    }
-                }
-            }
+                _ => "",
+            };
+            denied_or(
+                Outcome::Trapped,
+                with_stderr(format!("{trap}{hint}")),
+                false,
+                denials,
+            )
         }
+        None => denied_or(
+            Outcome::Failed,
+            with_stderr(format!("{e:#}")),
+            false,
+            denials,
+        ),
     }
 }
 
+/// A command cannot say whether trying again helps; assume it may.
 fn command_failed(
     code: i32,
-    denied: String,
+    denials: &Denials,
     with_stderr: impl Fn(String) -> String,
 ) -> AttemptResult {
-    if denied.is_empty() {
-        // A command cannot say whether trying again helps; assume it may.
-        AttemptResult::failed(
-            Outcome::Failed,
-            with_stderr(format!("exited with code {code}")),
-            true,
-        )
-    } else {
-        AttemptResult::failed(
+    denied_or(
+        Outcome::Failed,
+        with_stderr(format!("exited with code {code}")),
+        true,
+        denials,
+    )
+}
+
+/// A failure becomes `denied` when the step tried something it was not
+/// granted: that, not the plugin's own message, is what to fix.
+fn denied_or(
+    outcome: Outcome,
+    message: String,
+    retryable: bool,
+    denials: &Denials,
+) -> AttemptResult {
+    match denials.first() {
+        None => AttemptResult::failed(outcome, message, retryable),
+        Some(denial) => AttemptResult::failed(
             Outcome::Denied,
-            format!("exited with code {code} (denied: {denied})"),
+            format!("{denial}; the plugin said: {message}"),
             false,
-        )
+        ),
     }
 }
 

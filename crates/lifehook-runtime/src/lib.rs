@@ -27,6 +27,7 @@ mod cache;
 mod capture;
 mod engine;
 mod executor;
+mod fs_gate;
 mod plugin;
 mod report;
 mod state;

@@ -19,6 +19,7 @@ use wasmtime_wasi_http::{
 
 use crate::bindings::lifehook::hook::log;
 use crate::capture::{OutputCapture, Stream};
+use crate::fs_gate::FsGate;
 
 /// The store data of one attempt.
 pub(crate) struct StepState {
@@ -28,6 +29,7 @@ pub(crate) struct StepState {
     pub(crate) config: WasiConfigVariables,
     pub(crate) limiter: MemoryLimiter,
     gate: HttpGate,
+    pub(crate) fs_gate: FsGate,
     output: OutputCapture,
     /// When this attempt must stop; read by the epoch callback.
     pub(crate) deadline: Instant,
@@ -42,12 +44,22 @@ impl Denials {
     /// Records and logs one denied attempt: what was denied, and the grant
     /// that would allow it.
     pub(crate) fn record(&self, what: String, grant: String) {
-        tracing::warn!("denied: {what}; to allow it, grant {grant}");
+        let line = format!("denied {what}; to allow it: {grant}");
+        tracing::warn!("{line}");
         let mut list = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         // A plugin retrying in a loop would fill memory; keep the first few.
         if list.len() < 16 {
-            list.push(format!("{what} (grant {grant})"));
+            list.push(line);
         }
+    }
+
+    /// The first denial, which the report leads with.
+    pub(crate) fn first(&self) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .first()
+            .cloned()
     }
 
     /// The denials recorded so far.
@@ -94,6 +106,14 @@ impl StepState {
                 anyhow::anyhow!("cannot open granted directory {}: {e}", dir.host.display())
             })?;
         }
+        if !step.grants.dirs.iter().any(|d| d.guest == "/") {
+            // See `fs_gate`: paths outside every grant land in this empty,
+            // deleted directory, where they fail and are logged.
+            let empty = tempfile::Builder::new()
+                .prefix("lifehook-empty-")
+                .tempdir()?;
+            b.preopened_dir(empty.path(), "/", FsPerms::ReadOnly)?;
+        }
         // TCP and UDP stay switched on so that every attempt reaches the
         // address check below and a denial is logged with its address.
         b.allow_tcp(true);
@@ -114,7 +134,7 @@ impl StepState {
                 let (what, grant) = match use_ {
                     SocketAddrUse::TcpConnect => (
                         format!("TCP connection to {addr}"),
-                        format!("allow.tcp = [\"{addr}\"] (or the host name that resolves to it)"),
+                        format!("allow.tcp = [\"{addr}\"]"),
                     ),
                     SocketAddrUse::TcpBind
                     | SocketAddrUse::TcpListen
@@ -138,6 +158,13 @@ impl StepState {
             table: ResourceTable::new(),
             config,
             limiter: MemoryLimiter::new(step.limits.memory),
+            fs_gate: FsGate::new(
+                step.grants
+                    .dirs
+                    .iter()
+                    .map(|d| (d.guest.clone(), (d.access, d.host.display().to_string()))),
+                denials.clone(),
+            ),
             gate: HttpGate {
                 grants: step.grants.http.clone().into(),
                 deadline,

@@ -1,0 +1,168 @@
+//! Makes file denials visible. WASI confines a plugin to its preopened
+//! directories, but a path outside all of them fails inside the guest's libc
+//! without the host ever hearing of it. So every step also gets an empty,
+//! already-deleted directory preopened as `/` (unless a grant is mounted
+//! there): any path outside the grants then resolves against it, reaches the
+//! host as an `open-at`, fails (there is nothing in it, and nothing can be
+//! created in it), and is logged here with the grant that would allow it.
+//! Writes under a read-only grant are logged the same way.
+//!
+//! Only `open-at` is watched (it is how files are read, written and
+//! created); other calls (`stat`, `rename`, `unlink`) are denied just the
+//! same but not logged.
+
+use std::collections::HashMap;
+
+use lifehook_manifest::Access;
+use wasmtime::component::{Linker, Resource};
+use wasmtime_wasi::filesystem::WasiFilesystemView as _;
+use wasmtime_wasi::p2::bindings::filesystem::types::{
+    Descriptor, DescriptorFlags, ErrorCode, HostDescriptor as _, OpenFlags, PathFlags,
+};
+use wasmtime_wasi::p2::bindings::filesystem::{preopens, types};
+
+use crate::state::{Denials, StepState};
+
+/// The WASI filesystem version wasmtime-wasi 48 registers; guests importing
+/// any other 0.2.x resolve to it.
+const FS_VERSION: &str = "0.2.12";
+
+/// What the gate knows about the preopened directories of one attempt.
+#[derive(Default)]
+pub(crate) struct FsGate {
+    /// Grants by guest path: access and host path.
+    grants: HashMap<String, (Access, String)>,
+    /// Preopened descriptors handed to the guest, by resource rep.
+    preopens: HashMap<u32, Preopen>,
+    denials: Denials,
+}
+
+#[derive(Clone)]
+struct Preopen {
+    guest: String,
+    /// `None` for the empty `/` that catches paths outside every grant.
+    access: Option<Access>,
+    host: String,
+}
+
+impl FsGate {
+    pub(crate) fn new(
+        grants: impl Iterator<Item = (String, (Access, String))>,
+        denials: Denials,
+    ) -> FsGate {
+        FsGate {
+            grants: grants.collect(),
+            preopens: HashMap::new(),
+            denials,
+        }
+    }
+
+    fn register(&mut self, rep: u32, guest: &str) {
+        let grant = self.grants.get(guest);
+        self.preopens.insert(
+            rep,
+            Preopen {
+                guest: guest.to_owned(),
+                access: grant.map(|g| g.0),
+                host: grant.map(|g| g.1.clone()).unwrap_or_default(),
+            },
+        );
+    }
+
+    /// Logs a failed `open-at` when the sandbox is why it failed.
+    fn check(&self, base: Option<Preopen>, path: &str, write: bool, code: ErrorCode) {
+        let refused = matches!(
+            code,
+            ErrorCode::NoEntry | ErrorCode::NotPermitted | ErrorCode::Access | ErrorCode::ReadOnly
+        );
+        if !refused {
+            return;
+        }
+        match base {
+            Some(Preopen { access: None, .. }) => {
+                let full = format!("/{}", path.trim_start_matches('/'));
+                let dir = match full.rsplit_once('/') {
+                    Some(("", _)) | None => full.clone(),
+                    Some((parent, _)) => parent.to_owned(),
+                };
+                self.denials.record(
+                    format!("file access to {full} (outside every granted directory)"),
+                    format!("allow.dirs = [\"{dir}\"]"),
+                );
+            }
+            Some(Preopen {
+                guest,
+                access: Some(Access::Read),
+                host,
+            }) if write && code != ErrorCode::NoEntry => {
+                self.denials.record(
+                    format!(
+                        "writing {}/{path} (its directory is granted read-only)",
+                        guest.trim_end_matches('/')
+                    ),
+                    format!(
+                        "allow.dirs = [{{ host = \"{host}\", guest = \"{guest}\", access = \"read-write\" }}]"
+                    ),
+                );
+            }
+            None if write && matches!(code, ErrorCode::NotPermitted | ErrorCode::ReadOnly) => {
+                self.denials.record(
+                    format!("writing `{path}` (its directory is granted read-only)"),
+                    "access = \"read-write\" on that allow.dirs entry".to_owned(),
+                );
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Replaces `get-directories` and `[method]descriptor.open-at` in `linker`
+/// (already holding wasmtime-wasi's versions) with logging wrappers around
+/// them.
+pub(crate) fn add_to_linker(linker: &mut Linker<StepState>) -> anyhow::Result<()> {
+    linker.allow_shadowing(true);
+    linker
+        .instance(&format!("wasi:filesystem/preopens@{FS_VERSION}"))?
+        .func_wrap("get-directories", |mut store, (): ()| {
+            let state = store.data_mut();
+            let dirs = preopens::Host::get_directories(&mut state.filesystem())?;
+            for (dir, guest) in &dirs {
+                state.fs_gate.register(dir.rep(), guest);
+            }
+            Ok((dirs,))
+        })?;
+    linker
+        .instance(&format!("wasi:filesystem/types@{FS_VERSION}"))?
+        .func_wrap_async(
+            "[method]descriptor.open-at",
+            |mut store,
+             (fd, path_flags, path, oflags, flags): (
+                Resource<Descriptor>,
+                PathFlags,
+                String,
+                OpenFlags,
+                DescriptorFlags,
+            )| {
+                Box::new(async move {
+                    let state = store.data_mut();
+                    let base = state.fs_gate.preopens.get(&fd.rep()).cloned();
+                    let write = flags.contains(DescriptorFlags::WRITE)
+                        || oflags.intersects(OpenFlags::CREATE | OpenFlags::TRUNCATE);
+                    let mut view = state.filesystem();
+                    let result = match view
+                        .open_at(fd, path_flags, path.clone(), oflags, flags)
+                        .await
+                    {
+                        Ok(opened) => Ok(opened),
+                        Err(e) => Err(types::Host::convert_error_code(&mut view, e)?),
+                    };
+                    if let Err(code) = &result {
+                        state.fs_gate.check(base, &path, write, *code);
+                    }
+                    Ok((result,))
+                })
+            },
+        )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}

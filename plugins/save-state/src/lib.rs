@@ -1,0 +1,226 @@
+//! save-state: snapshots files under a granted source directory into a tar
+//! archive in a granted destination directory, atomically: the archive is
+//! written under a temporary name, flushed to disk and only then renamed, so
+//! a failed or interrupted save never replaces or damages an earlier
+//! snapshot. The archive ends with a manifest (paths, sizes, SHA-256) that
+//! restore-state verifies.
+//!
+//! Config keys:
+//! - `source` (required): the directory to save (grant it read-only).
+//! - `destination` (required): where snapshots go (grant it read-write).
+//! - `include`: globs relative to `source` (default: every file, `**/*`);
+//!   `*` stays within one directory, `**` crosses them.
+//! - `exclude`: globs of files to leave out.
+//! - `name`: snapshot file prefix (default `state`).
+//! - `keep`: how many snapshots to keep (default 3); older ones are removed
+//!   after a successful save.
+//! - `upload-url`: also `PUT` the archive there (grant its origin in
+//!   `allow.http`); `upload-headers.<name>` adds headers.
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use glob::{MatchOptions, Pattern};
+use lifehook_sdk::fs::{io_failure, write_atomic};
+use lifehook_sdk::http::{self, Method};
+use lifehook_sdk::{Failure, Hook, Invocation, config, log};
+use lifehook_snapshot::{
+    FileEntry, HashingReader, MANIFEST_NAME, Manifest, VERSION, file_name, list,
+};
+
+struct SaveState;
+
+const MATCH: MatchOptions = MatchOptions {
+    case_sensitive: true,
+    require_literal_separator: true,
+    require_literal_leading_dot: false,
+};
+
+impl Hook for SaveState {
+    fn run(inv: Invocation) -> Result<String, Failure> {
+        let source = PathBuf::from(config::require("source")?);
+        let destination = PathBuf::from(config::require("destination")?);
+        let name = snapshot_name()?;
+        let include = patterns("include", &["**/*"])?;
+        let exclude = patterns("exclude", &[])?;
+        let keep = config::parse::<usize>("keep")?.unwrap_or(3).max(1);
+
+        remove_leftovers(&destination, &name);
+        let mut files = Vec::new();
+        collect(&source, &source, &include, &exclude, &mut files)?;
+        files.sort();
+
+        let mut created_ms = now_ms();
+        let mut target = destination.join(file_name(&name, created_ms));
+        while target.exists() {
+            created_ms += 1;
+            target = destination.join(file_name(&name, created_ms));
+        }
+        let mut manifest = Manifest {
+            version: VERSION,
+            created_ms,
+            files: Vec::with_capacity(files.len()),
+        };
+        let mut total = 0u64;
+        write_atomic(&target, |out| {
+            let mut tar = tar::Builder::new(out);
+            for relative in &files {
+                let path = source.join(relative);
+                let file = File::open(&path)?;
+                let size = file.metadata()?.len();
+                let mut header = tar::Header::new_gnu();
+                header.set_size(size);
+                header.set_mode(0o644);
+                header.set_mtime(created_ms / 1000);
+                header.set_entry_type(tar::EntryType::Regular);
+                let mut reader = HashingReader::new(file.take(size));
+                tar.append_data(&mut header, relative, &mut reader)?;
+                let (count, sha256) = reader.finish();
+                if count != size {
+                    return Err(io::Error::other(format!(
+                        "{} shrank from {size} to {count} bytes while being saved",
+                        path.display()
+                    )));
+                }
+                total += size;
+                manifest.files.push(FileEntry {
+                    path: relative.to_string_lossy().replace('\\', "/"),
+                    size,
+                    sha256,
+                });
+            }
+            let json = serde_json::to_vec_pretty(&manifest).map_err(io::Error::other)?;
+            let mut header = tar::Header::new_gnu();
+            header.set_size(json.len() as u64);
+            header.set_mode(0o644);
+            header.set_mtime(created_ms / 1000);
+            tar.append_data(&mut header, MANIFEST_NAME, json.as_slice())?;
+            tar.into_inner()?;
+            Ok(())
+        })
+        .map_err(|e| io_failure("write snapshot", &target, &e))?;
+
+        let removed = prune(&destination, &name, keep);
+        let mut summary = format!(
+            "saved {} files ({} bytes) to {}",
+            manifest.files.len(),
+            total,
+            target.display()
+        );
+        if removed > 0 {
+            summary += &format!(", removed {removed} older");
+        }
+        if let Some(url) = config::get("upload-url") {
+            let body = fs::read(&target).map_err(|e| io_failure("read back", &target, &e))?;
+            let headers = config::table("upload-headers");
+            let response = http::send(Method::PUT, &url, &headers, body, inv.time_left())?;
+            let status = response.status.as_u16();
+            if !response.status.is_success() {
+                let message = format!("{summary}, but uploading it to {url} failed with {status}");
+                return Err(if response.status.is_server_error() || status == 429 {
+                    Failure::retryable(message)
+                } else {
+                    Failure::fatal(message)
+                });
+            }
+            summary += &format!(", uploaded to {url} ({status})");
+        }
+        Ok(summary)
+    }
+}
+
+fn snapshot_name() -> Result<String, Failure> {
+    let name = config::get("name").unwrap_or_else(|| "state".into());
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
+        return Err(Failure::fatal(format!(
+            "config key `name` = {name:?} must be letters, digits, `.`, `_` or `-`"
+        )));
+    }
+    Ok(name)
+}
+
+fn patterns(key: &str, default: &[&str]) -> Result<Vec<Pattern>, Failure> {
+    let mut texts = config::list(key);
+    if texts.is_empty() {
+        texts = default.iter().map(|s| s.to_string()).collect();
+    }
+    texts
+        .iter()
+        .map(|t| {
+            Pattern::new(t)
+                .map_err(|e| Failure::fatal(format!("config key `{key}`: bad glob {t:?}: {e}")))
+        })
+        .collect()
+}
+
+/// Walks `dir`, collecting regular files (relative to `root`) that match.
+fn collect(
+    root: &Path,
+    dir: &Path,
+    include: &[Pattern],
+    exclude: &[Pattern],
+    out: &mut Vec<PathBuf>,
+) -> Result<(), Failure> {
+    let entries = fs::read_dir(dir).map_err(|e| io_failure("list", dir, &e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| io_failure("list", dir, &e))?;
+        let path = entry.path();
+        let kind = entry
+            .file_type()
+            .map_err(|e| io_failure("inspect", &path, &e))?;
+        if kind.is_dir() {
+            collect(root, &path, include, exclude, out)?;
+        } else if kind.is_file() {
+            let relative = path.strip_prefix(root).unwrap_or(&path).to_path_buf();
+            let text = relative.to_string_lossy();
+            if include.iter().any(|p| p.matches_with(&text, MATCH))
+                && !exclude.iter().any(|p| p.matches_with(&text, MATCH))
+            {
+                out.push(relative);
+            }
+        } else {
+            log::debug(&format!("skipping {} (not a regular file)", path.display()));
+        }
+    }
+    Ok(())
+}
+
+/// Removes temporary files of saves that were interrupted (the runner stops
+/// a plugin at its deadline, leaving its temporary file behind).
+fn remove_leftovers(dir: &Path, name: &str) {
+    let prefix = format!(".{name}-");
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            if file.starts_with(&prefix) && file.contains(".tar.tmp-") {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+/// Keeps the newest `keep` snapshots; returns how many were removed.
+fn prune(dir: &Path, name: &str, keep: usize) -> usize {
+    let Ok(snapshots) = list(dir, name) else {
+        return 0;
+    };
+    snapshots
+        .iter()
+        .skip(keep)
+        .filter(|s| fs::remove_file(&s.path).is_ok())
+        .count()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+lifehook_sdk::export!(SaveState);

@@ -1,0 +1,82 @@
+//! Files written so that a reader never sees half of one: write a temporary
+//! file next to the target, flush it to disk, then rename it over the
+//! target (a rename within a directory is atomic).
+
+use std::fs::{self, File};
+use std::hash::{BuildHasher, Hasher};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use crate::Failure;
+
+/// Writes `path` atomically with what `fill` writes. On any error the
+/// temporary file is removed and `path` is untouched.
+pub fn write_atomic(path: &Path, fill: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
+    let tmp = temp_path(path);
+    let result = (|| {
+        let mut file = File::create_new(&tmp)?;
+        fill(&mut file)?;
+        file.flush()?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp, path)?;
+        sync_dir(path);
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// A fresh hidden name beside `path`: `.<name>.tmp-<random>`.
+pub fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map_or("file".into(), |n| n.to_string_lossy().into_owned());
+    path.with_file_name(format!(".{name}.tmp-{:016x}", random_u64()))
+}
+
+/// 64 random bits from the host's secure random source (through the seed
+/// std's hash maps draw from `wasi:random`).
+pub fn random_u64() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u8(0);
+    h.finish()
+}
+
+/// Flushes the directory entry of `path` (best effort: not every file
+/// system supports syncing a directory).
+fn sync_dir(path: &Path) {
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+}
+
+/// Turns an I/O error on `path` into a failure that says what to grant when
+/// the sandbox is the likely cause.
+pub fn io_failure(action: &str, path: &Path, e: &io::Error) -> Failure {
+    let hint = match e.kind() {
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
+            " (grant the directory with access = \"read-write\" in allow.dirs, and check its owner)"
+        }
+        io::ErrorKind::NotFound => " (is the directory granted in allow.dirs, and does it exist?)",
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => " (the disk is full)",
+        _ if e.raw_os_error() == Some(76) => {
+            " (this path is outside every directory the step is granted: add it to allow.dirs)"
+        }
+        _ => "",
+    };
+    let retryable = matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::Interrupted | io::ErrorKind::TimedOut
+    );
+    let message = format!("cannot {action} {}: {e}{hint}", path.display());
+    if retryable {
+        Failure::retryable(message)
+    } else {
+        Failure::fatal(message)
+    }
+}
