@@ -1,1 +1,16 @@
+//! End-to-end tests: the real `lifehook` binary, plugins freshly built from
+//! `plugins/`, and real servers (an HTTP server on loopback, redis-server,
+//! etcd) and real directories.
 
+mod support;
+
+mod cache;
+mod cli;
+mod grants;
+mod limits;
+mod manifest_errors;
+mod policy;
+mod retries;
+mod sample_lock;
+mod sample_notify;
+mod sample_state;

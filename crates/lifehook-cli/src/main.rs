@@ -12,7 +12,11 @@ use clap::Parser as _;
 
 use commands::Cli;
 
+/// When the process started: the phase deadline counts from here.
+pub static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
 fn main() {
+    STARTED.get_or_init(std::time::Instant::now);
     let cli = Cli::parse();
     logging::init(&cli.log);
     let code = match cli.command.execute() {

@@ -236,6 +236,7 @@ pub(crate) fn resolve(
             phases.push(r.phase(name, raw_phase, &raw.defaults));
         }
     }
+    r.problems.sort_by_key(|d| (d.line, d.column));
     if r.problems.is_empty() {
         Ok(Pipeline {
             path: path.to_path_buf(),

@@ -72,7 +72,10 @@ impl<'de> Deserialize<'de> for SizeValue {
                 match v.trim().parse::<bytesize::ByteSize>() {
                     Ok(size) if size.as_u64() == 0 => Err(bad("it must be more than zero")),
                     Ok(size) => Ok(SizeValue(size.as_u64())),
-                    Err(e) => Err(bad(&e)),
+                    // bytesize's own message describes its parser, not the input.
+                    Err(_) => Err(bad(
+                        "that is not a number followed by B, KiB, MiB, GiB, KB, MB or GB",
+                    )),
                 }
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<SizeValue, E> {

@@ -5,9 +5,10 @@
 //!
 //! An artifact is named after the plugin's content, so a changed plugin never
 //! picks up a stale artifact: `<dir>/<plugin stem>-<xxh3-128 of the plugin>.cwasm`.
-//! Its last 24 bytes are a trailer: a checksum of everything before it and a
-//! magic word. A truncated or foreign file fails that check and is ignored
-//! with a warning before wasmtime ever sees it; an artifact from another
+//! Its last 40 bytes are a trailer: a checksum of everything before it, the
+//! hash of the plugin it was compiled from, and a magic word. A truncated,
+//! corrupted or foreign file (or one copied from another plugin) fails that
+//! check and is ignored with a warning before wasmtime ever sees it; an artifact from another
 //! lifehook or wasmtime version, or for another engine configuration, fails
 //! wasmtime's own compatibility check and is ignored the same way. Either
 //! way `run` falls back to compiling.
@@ -28,7 +29,7 @@ use crate::engine::Runtime;
 use crate::plugin::{self, CodeSource, LoadError, Plugin, PluginKind};
 
 const MAGIC: &[u8; 8] = b"LHCWASM1";
-const TRAILER: usize = 16 + MAGIC.len();
+const TRAILER: usize = 16 + 16 + MAGIC.len();
 /// The file extension of artifacts.
 pub const EXTENSION: &str = "cwasm";
 
@@ -100,7 +101,7 @@ impl ArtifactCache {
             source,
         })?;
         let artifact = self.artifact_path(plugin, &bytes);
-        match read_artifact(rt, &artifact) {
+        match read_artifact(rt, &artifact, xxh3_128(&bytes)) {
             Ok(Some(component)) => {
                 tracing::debug!("loaded precompiled {}", artifact.display());
                 return Plugin::prepare(rt, plugin, component, CodeSource::Precompiled, started);
@@ -115,7 +116,7 @@ impl ArtifactCache {
                 artifact.display()
             ),
         }
-        let component = plugin::compile(rt, plugin, &bytes)?;
+        let component = plugin::compile(rt, plugin, &bytes, true)?;
         Plugin::prepare(rt, plugin, component, CodeSource::Compiled, started)
     }
 
@@ -129,7 +130,7 @@ impl ArtifactCache {
             path: plugin.to_path_buf(),
             source,
         })?;
-        let component = plugin::compile(compiler, plugin, &bytes)?;
+        let component = plugin::compile(compiler, plugin, &bytes, false)?;
         let loaded = Plugin::prepare(
             compiler,
             plugin,
@@ -149,9 +150,8 @@ impl ArtifactCache {
         fs::create_dir_all(&self.dir).map_err(write_err)?;
         let mut tmp = tempfile::NamedTempFile::new_in(&self.dir).map_err(write_err)?;
         tmp.write_all(&code).map_err(write_err)?;
-        tmp.write_all(&xxh3_128(&code).to_le_bytes())
+        tmp.write_all(&trailer(&code, xxh3_128(&bytes)))
             .map_err(write_err)?;
-        tmp.write_all(MAGIC).map_err(write_err)?;
         tmp.as_file().sync_all().map_err(write_err)?;
         tmp.persist(&artifact).map_err(|e| write_err(e.error))?;
         self.remove_stale(plugin, &artifact);
@@ -193,26 +193,46 @@ impl ArtifactCache {
 
 /// Reads and checks an artifact: `Ok(None)` when there is none, `Err` with
 /// the reason when there is one that cannot be used.
-fn read_artifact(rt: &Runtime, path: &Path) -> Result<Option<Component>, String> {
+fn read_artifact(
+    rt: &Runtime,
+    path: &Path,
+    plugin_hash: u128,
+) -> Result<Option<Component>, String> {
     let data = match fs::read(path) {
         Ok(data) => data,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("cannot read it: {e}")),
     };
-    let code = verify_trailer(&data)?;
+    let code = verify_trailer(&data, plugin_hash)?;
     deserialize(rt, code).map(Some)
 }
 
+/// The trailer of an artifact holding `code` compiled from a plugin whose
+/// contents hash to `plugin_hash`.
+fn trailer(code: &[u8], plugin_hash: u128) -> Vec<u8> {
+    let mut t = Vec::with_capacity(TRAILER);
+    t.extend_from_slice(&xxh3_128(code).to_le_bytes());
+    t.extend_from_slice(&plugin_hash.to_le_bytes());
+    t.extend_from_slice(MAGIC);
+    t
+}
+
 /// Returns the code part of an artifact whose trailer checks out.
-fn verify_trailer(data: &[u8]) -> Result<&[u8], String> {
+fn verify_trailer(data: &[u8], plugin_hash: u128) -> Result<&[u8], String> {
     if data.len() < TRAILER || !data.ends_with(MAGIC) {
         return Err("it is truncated or was not written by `lifehook compile`".into());
     }
     let (code, trailer) = data.split_at(data.len() - TRAILER);
-    let mut sum = [0u8; 16];
-    sum.copy_from_slice(&trailer[..16]);
-    if u128::from_le_bytes(sum) != xxh3_128(code) {
+    let word = |at: usize| {
+        let mut w = [0u8; 16];
+        w.copy_from_slice(&trailer[at..at + 16]);
+        u128::from_le_bytes(w)
+    };
+    if word(0) != xxh3_128(code) {
         return Err("its checksum does not match (a partial or corrupted write)".into());
+    }
+    if word(16) != plugin_hash {
+        return Err("it was compiled from another plugin".into());
     }
     Ok(code)
 }
@@ -235,21 +255,82 @@ mod tests {
     use super::*;
 
     #[test]
-    fn trailer_rejects_truncation_and_corruption() {
+    fn trailer_rejects_truncation_corruption_and_other_plugins() {
         let code = b"machine code".to_vec();
         let mut good = code.clone();
-        good.extend_from_slice(&xxh3_128(&code).to_le_bytes());
-        good.extend_from_slice(MAGIC);
-        assert_eq!(verify_trailer(&good), Ok(&code[..]));
+        good.extend_from_slice(&trailer(&code, 7));
+        assert_eq!(verify_trailer(&good, 7), Ok(&code[..]));
 
         let truncated = &good[..good.len() - 3];
-        assert!(verify_trailer(truncated).unwrap_err().contains("truncated"));
+        assert!(
+            verify_trailer(truncated, 7)
+                .unwrap_err()
+                .contains("truncated")
+        );
 
         let mut corrupted = good.clone();
         corrupted[0] ^= 1;
-        assert!(verify_trailer(&corrupted).unwrap_err().contains("checksum"));
+        assert!(
+            verify_trailer(&corrupted, 7)
+                .unwrap_err()
+                .contains("checksum")
+        );
 
-        assert!(verify_trailer(b"short").is_err());
+        assert!(
+            verify_trailer(&good, 8)
+                .unwrap_err()
+                .contains("another plugin")
+        );
+        assert!(verify_trailer(b"short", 7).is_err());
+    }
+
+    /// An image is built on one machine and run on nodes with other CPUs:
+    /// what `lifehook compile` makes must load on the oldest x86-64.
+    #[test]
+    #[expect(
+        unsafe_code,
+        reason = "deserializing artifacts this test just compiled"
+    )]
+    fn baseline_artifacts_load_on_a_cpu_without_optional_features() {
+        let bytes = fs::read(lifehook_test_artifacts::FIXTURE_HOOK).expect("fixture plugin");
+        let baseline = Runtime::for_precompiling().expect("compiler");
+        let portable = baseline
+            .engine
+            .precompile_component(&bytes)
+            .expect("precompile");
+
+        // An engine that believes the CPU has no optional feature at all (its
+        // own compiler told not to use any either, or it would fail its own
+        // check).
+        let mut config = crate::engine::engine_config();
+        config
+            .target(&target_lexicon::Triple::host().to_string())
+            .expect("target");
+        // SAFETY: the detector only ever answers "absent".
+        unsafe {
+            config.detect_host_feature(|_| Some(false));
+        }
+        let oldest_cpu = wasmtime::Engine::new(&config).expect("engine");
+        // SAFETY: bytes produced by `precompile_component` just above.
+        let loaded = unsafe { Component::deserialize(&oldest_cpu, &portable) };
+        assert!(loaded.is_ok(), "{:?}", loaded.err());
+
+        // Code compiled for this machine's own CPU is refused there, which is
+        // what makes `run` fall back to compiling instead of crashing.
+        let native = wasmtime::Engine::new(&crate::engine::engine_config())
+            .expect("engine")
+            .precompile_component(&bytes)
+            .expect("precompile");
+        // SAFETY: as above.
+        let refused = unsafe { Component::deserialize(&oldest_cpu, &native) };
+        let message = format!(
+            "{:#}",
+            refused.expect_err("native code must not load on the oldest CPU")
+        );
+        assert!(
+            message.contains("incompatible with native host"),
+            "{message}"
+        );
     }
 
     #[test]

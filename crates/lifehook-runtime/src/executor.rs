@@ -36,6 +36,9 @@ pub struct RunOptions {
     pub deadline: Option<Duration>,
     /// Where precompiled plugins are looked up.
     pub cache: Option<ArtifactCache>,
+    /// When the deadline started (the process start, for a hook: the
+    /// grace period counts the runner's own start-up too). Now by default.
+    pub started: Option<Instant>,
 }
 
 /// Runs `phase` of the pipeline at `pipeline` and reports what happened.
@@ -46,7 +49,7 @@ pub async fn run_phase(
     phase: &Phase,
     options: &RunOptions,
 ) -> PhaseReport {
-    let started = Instant::now();
+    let started = options.started.unwrap_or_else(Instant::now);
     let deadline_len = options.deadline.unwrap_or(phase.deadline);
     let deadline = started + deadline_len;
     let steps: Vec<Arc<Step>> = phase
@@ -83,7 +86,7 @@ pub async fn run_phase(
         let mut set = JoinSet::new();
         for (index, step) in group.iter().enumerate() {
             let (rt, loader, step, name) = (rt.clone(), loader.clone(), step.clone(), phase.name);
-            let span = tracing::info_span!("step", name = %step.name);
+            let span = tracing::info_span!("hook", step = %step.name);
             set.spawn(
                 async move {
                     let report = run_step(&rt, &loader, name, &step, deadline).await;

@@ -160,7 +160,7 @@ impl Plugin {
             path: path.to_path_buf(),
             source,
         })?;
-        let component = compile(rt, path, &bytes)?;
+        let component = compile(rt, path, &bytes, true)?;
         Self::prepare(rt, path, component, CodeSource::Compiled, started)
     }
 
@@ -207,8 +207,15 @@ impl Plugin {
     }
 }
 
-/// Checks the file's format, then compiles it with Cranelift.
-pub(crate) fn compile(rt: &Runtime, path: &Path, bytes: &[u8]) -> Result<Component, LoadError> {
+/// Checks the file's format, then compiles it with Cranelift. `at_run_time`
+/// says the compile is eating into a hook's deadline, which deserves a
+/// warning when it is slow.
+pub(crate) fn compile(
+    rt: &Runtime,
+    path: &Path,
+    bytes: &[u8],
+    at_run_time: bool,
+) -> Result<Component, LoadError> {
     match sniff(bytes) {
         WasmFormat::Component => {}
         WasmFormat::CoreModule => {
@@ -228,7 +235,7 @@ pub(crate) fn compile(rt: &Runtime, path: &Path, bytes: &[u8]) -> Result<Compone
         });
     }
     let size = bytes.len() as u64;
-    if size > LARGE_PLUGIN {
+    if at_run_time && size > LARGE_PLUGIN {
         tracing::warn!(
             "compiling plugin {} ({} MiB) at run time; this can take many seconds of the deadline: precompile it with `lifehook compile` when building the image",
             path.display(),
@@ -241,7 +248,7 @@ pub(crate) fn compile(rt: &Runtime, path: &Path, bytes: &[u8]) -> Result<Compone
         message: format!("{e:#}"),
     })?;
     let took = started.elapsed();
-    if took > SLOW_COMPILE {
+    if at_run_time && took > SLOW_COMPILE {
         tracing::warn!(
             "compiling plugin {} took {:.1}s; precompile it with `lifehook compile`",
             path.display(),

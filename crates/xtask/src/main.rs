@@ -1,1 +1,269 @@
-fn main() {}
+//! Developer tasks, run as `cargo xtask <task>` (an alias in
+//! `.cargo/config.toml`). Each installs what it needs on a fresh machine
+//! that has only the Rust toolchain (and, for `test`, Debian's apt).
+//!
+//! - `demo`: builds lifehook and the sample plugins, starts a local HTTP
+//!   receiver, and runs the example pre-stop pipeline against it: the
+//!   receiver is notified, state is snapshotted, a file lock is released.
+//! - `test`: installs the wasm32-wasip2 target, redis-server and etcd, then
+//!   runs every test (`cargo test --workspace`, plus the plugins' own unit
+//!   tests on the host).
+//! - `bench`: builds the release binary and measures it with hyperfine
+//!   (see `bench.rs`).
+
+mod bench;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context as _, bail};
+
+const WASM_TARGET: &str = "wasm32-wasip2";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("demo") => demo(),
+        Some("test") => test(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
+        _ => {
+            eprintln!("usage: cargo xtask <demo | test [cargo test args] | bench [--quick]>");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The repository root (this crate is `crates/xtask`).
+fn root() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.canonicalize().unwrap_or(root)
+}
+
+/// Runs a command in the repository root, failing on a non-zero exit.
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// `rustup target add` is not automatic on these machines.
+fn ensure_wasm_target() -> anyhow::Result<()> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("cannot run rustup")?;
+    if !String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l.trim() == WASM_TARGET)
+    {
+        eprintln!("xtask: installing the {WASM_TARGET} target");
+        run(Command::new("rustup").args(["target", "add", WASM_TARGET]))?;
+    }
+    Ok(())
+}
+
+/// Builds the sample plugins into `target/plugins` (shared with the tests'
+/// build script).
+fn build_plugins() -> anyhow::Result<PathBuf> {
+    let target_dir = root().join("target/plugins");
+    run(cargo()
+        .args([
+            "build",
+            "--release",
+            "--target",
+            WASM_TARGET,
+            "--manifest-path",
+        ])
+        .arg(root().join("plugins/Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target_dir))?;
+    Ok(target_dir.join(WASM_TARGET).join("release"))
+}
+
+/// Builds the `lifehook` binary (dev profile, shared with the tests).
+fn build_lifehook() -> anyhow::Result<PathBuf> {
+    run(cargo().args(["build", "--package", "lifehook-cli", "--bin", "lifehook"]))?;
+    Ok(root().join("target/debug/lifehook"))
+}
+
+fn is_installed(binary: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(binary).is_file()))
+}
+
+/// Installs Debian packages when their binaries are missing.
+fn ensure_packages(wanted: &[(&str, &str)]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(binary, _)| !is_installed(binary))
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_installed("apt-get") {
+        bail!(
+            "the tests need {} and there is no apt-get here: install them with your package manager",
+            missing.join(", ")
+        );
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    let root_user = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let apt = |args: &[&str]| {
+        let mut cmd = if root_user {
+            Command::new("apt-get")
+        } else {
+            let mut c = Command::new("sudo");
+            c.arg("apt-get");
+            c
+        };
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        run(&mut cmd)
+    };
+    apt(&["update", "-qq"])?;
+    let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    install.extend(&missing);
+    apt(&install)
+}
+
+fn test(extra: &[String]) -> anyhow::Result<u8> {
+    ensure_wasm_target()?;
+    ensure_packages(&[
+        ("redis-server", "redis-server"),
+        ("redis-cli", "redis-tools"),
+        ("etcd", "etcd-server"),
+    ])?;
+    // The test suite builds the plugins itself (tests/artifacts/build.rs)
+    // and starts its own servers on free loopback ports.
+    run(cargo().args(["test", "--workspace"]).args(extra))?;
+    // The plugins' own unit tests (RESP parsing, snapshot paths, durations)
+    // run on the host.
+    run(cargo()
+        .args(["test", "--manifest-path"])
+        .arg(root().join("plugins/Cargo.toml"))
+        .args(["--target", host_triple()?.as_str()])
+        .args([
+            "-p",
+            "lifehook-snapshot",
+            "-p",
+            "lifehook-sdk",
+            "-p",
+            "release-lock",
+        ])
+        .env("CARGO_TARGET_DIR", root().join("target/plugins-host")))?;
+    Ok(0)
+}
+
+fn host_triple() -> anyhow::Result<String> {
+    let out = Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .context("cannot run rustc")?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_owned))
+        .context("rustc -vV printed no host triple")
+}
+
+/// What the demo receiver got.
+type Received = Arc<Mutex<Vec<String>>>;
+
+/// An HTTP server on a free loopback port that answers 204 to everything
+/// and remembers what it was sent.
+fn start_receiver() -> anyhow::Result<(String, Received)> {
+    let server = tiny_http::Server::http("127.0.0.1:0")
+        .map_err(|e| anyhow::anyhow!("cannot start the demo receiver: {e}"))?;
+    let addr = server.server_addr().to_ip().context("receiver address")?;
+    let received: Received = Arc::default();
+    let log = received.clone();
+    std::thread::spawn(move || {
+        for mut request in server.incoming_requests() {
+            let mut body = String::new();
+            let _ = request.as_reader().read_to_string(&mut body);
+            if let Ok(mut log) = log.lock() {
+                log.push(format!("{} {} {body}", request.method(), request.url()));
+            }
+            let _ = request.respond(tiny_http::Response::empty(204));
+        }
+    });
+    Ok((format!("http://{addr}"), received))
+}
+
+fn demo() -> anyhow::Result<u8> {
+    ensure_wasm_target()?;
+    let plugins = build_plugins()?;
+    let lifehook = build_lifehook()?;
+
+    // The state the example pipeline works on, fresh each time.
+    let work = root().join("target/demo");
+    let _ = std::fs::remove_dir_all(&work);
+    for dir in ["app/wal", "snapshots", "locks"] {
+        std::fs::create_dir_all(work.join(dir))?;
+    }
+    std::fs::write(work.join("app/orders.db"), "orders: 42\n")?;
+    std::fs::write(work.join("app/wal/000001.log"), "append-only log\n")?;
+    std::fs::write(work.join("locks/leader.lock"), "demo-pod-0\n")?;
+
+    let (origin, received) = start_receiver()?;
+    let pipeline = root().join("examples/local/lifehook.toml");
+    let lifehook_cmd = |args: &[&str]| {
+        let mut cmd = Command::new(&lifehook);
+        cmd.args(args)
+            .arg("-f")
+            .arg(&pipeline)
+            .env("LIFEHOOK_PLUGIN_DIR", &plugins)
+            .env("LIFEHOOK_CACHE", work.join("cache"))
+            .env("DEMO_DIR", &work)
+            .env("NOTIFY_ORIGIN", &origin)
+            .env("POD_NAME", "demo-pod-0");
+        cmd
+    };
+    // What an image build does once: compile the plugins ahead of time.
+    println!("\n$ lifehook compile -f examples/local/lifehook.toml\n");
+    run(&mut lifehook_cmd(&["compile"]))?;
+    println!("\n$ lifehook run -f examples/local/lifehook.toml   (receiver on {origin})\n");
+    let status = lifehook_cmd(&["run"])
+        .status()
+        .context("cannot run lifehook")?;
+
+    println!("\nWhat the pipeline did:");
+    for line in received.lock().map(|l| l.clone()).unwrap_or_default() {
+        println!("  receiver got: {line}");
+    }
+    for entry in std::fs::read_dir(work.join("snapshots"))?.flatten() {
+        println!("  snapshot: {}", entry.path().display());
+    }
+    let lock = work.join("locks/leader.lock");
+    println!(
+        "  lock file {}: {}",
+        lock.display(),
+        if lock.exists() {
+            "still held"
+        } else {
+            "released"
+        }
+    );
+    Ok(status
+        .code()
+        .and_then(|c| u8::try_from(c).ok())
+        .unwrap_or(1))
+}

@@ -48,10 +48,10 @@ pub fn random_u64() -> u64 {
 /// Flushes the directory entry of `path` (best effort: not every file
 /// system supports syncing a directory).
 fn sync_dir(path: &Path) {
-    if let Some(dir) = path.parent() {
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
+    if let Some(dir) = path.parent()
+        && let Ok(d) = File::open(dir)
+    {
+        let _ = d.sync_all();
     }
 }
 

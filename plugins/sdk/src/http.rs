@@ -66,6 +66,15 @@ pub fn send(
     for (k, v) in headers {
         request = request.header(k.as_str(), v.as_str());
     }
+    // Send the length rather than a chunked body: object stores (S3
+    // presigned PUTs among them) refuse uploads without it.
+    if !body.is_empty()
+        && !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+    {
+        request = request.header("content-length", body.len().to_string());
+    }
     let request = request
         .body(Body::from(body))
         .map_err(|e| fail(format!("invalid request to {url}: {e}")))?;

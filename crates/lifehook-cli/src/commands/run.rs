@@ -86,6 +86,7 @@ impl Run {
             only: self.only.clone(),
             deadline: self.deadline,
             cache: Some(self.cache.cache(&pipeline.path)),
+            started: crate::STARTED.get().copied(),
         };
         if self.dry_run {
             return self.dry_run(&rt, &pipeline, phase, &options);

@@ -1,0 +1,158 @@
+//! `lifehook compile` and the artifact cache: used when it matches, ignored
+//! with a warning (never trusted, never a crash) when it does not.
+
+use std::path::PathBuf;
+
+use crate::support::{Sandbox, plugins};
+
+fn sandbox_with_plugin() -> Sandbox {
+    let s = Sandbox::new();
+    std::fs::copy(plugins::FIXTURE_HOOK, s.path("p.wasm")).expect("copy plugin");
+    s.pipeline(
+        "[[pre-stop.steps]]\nname = \"s\"\nplugin = \"p.wasm\"\nconfig = { mode = \"ok\" }\n",
+    );
+    s
+}
+
+fn artifacts(s: &Sandbox) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(s.path("cache"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
+#[test]
+fn compiled_artifacts_are_used_by_run() {
+    let s = sandbox_with_plugin();
+    let compiled = s.lifehook(&["compile", "--cache", "cache"]);
+    assert_eq!(compiled.code, 0, "{}", compiled.stderr);
+    assert!(
+        compiled.stdout.contains("hook") && compiled.stdout.contains("p.wasm"),
+        "{}",
+        compiled.stdout
+    );
+    assert_eq!(artifacts(&s).len(), 1);
+    let run = s.run(&["--cache", "cache"]);
+    let step = run.assert_outcome("s", "ok");
+    assert_eq!(step["code"], "precompiled", "{step:#}");
+}
+
+#[test]
+fn default_cache_is_next_to_the_pipeline() {
+    let s = sandbox_with_plugin();
+    let compiled = s.lifehook_with(&["compile"], |c| {
+        c.env_remove("LIFEHOOK_CACHE");
+    });
+    assert_eq!(compiled.code, 0, "{}", compiled.stderr);
+    assert!(s.path(".lifehook-cache").is_dir());
+    let run = s.lifehook_with(&["run", "--report", "json"], |c| {
+        c.env_remove("LIFEHOOK_CACHE");
+    });
+    assert_eq!(run.step("s")["code"], "precompiled");
+}
+
+#[test]
+fn without_an_artifact_run_compiles_and_says_so() {
+    let s = sandbox_with_plugin();
+    let run = s.run(&["--cache", "cache", "-v"]);
+    assert_eq!(run.step("s")["code"], "compiled");
+    assert!(
+        run.stderr.contains("no precompiled artifact for"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn changed_plugin_does_not_use_the_old_artifact() {
+    let s = sandbox_with_plugin();
+    assert_eq!(s.lifehook(&["compile", "--cache", "cache"]).code, 0);
+    std::fs::copy(plugins::FIXTURE_COMMAND, s.path("p.wasm")).expect("replace plugin");
+    let run = s.run(&["--cache", "cache"]);
+    let step = run.assert_outcome("s", "ok");
+    assert_eq!(step["kind"], "command");
+    assert_eq!(step["code"], "compiled");
+    // Compiling again replaces the old artifact instead of piling them up.
+    assert_eq!(s.lifehook(&["compile", "--cache", "cache"]).code, 0);
+    assert_eq!(artifacts(&s).len(), 1);
+}
+
+#[test]
+fn truncated_artifact_is_ignored_with_a_warning() {
+    let s = sandbox_with_plugin();
+    assert_eq!(s.lifehook(&["compile", "--cache", "cache"]).code, 0);
+    let artifact = artifacts(&s).remove(0);
+    let data = std::fs::read(&artifact).expect("artifact");
+    std::fs::write(&artifact, &data[..data.len() / 2]).expect("truncate");
+    let run = s.run(&["--cache", "cache"]);
+    let step = run.assert_outcome("s", "ok");
+    assert_eq!(step["code"], "compiled");
+    assert!(
+        run.stderr.contains("ignoring precompiled artifact"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("truncated"), "{}", run.stderr);
+}
+
+#[test]
+fn artifact_of_another_plugin_is_ignored_with_a_warning() {
+    let s = sandbox_with_plugin();
+    assert_eq!(s.lifehook(&["compile", "--cache", "cache"]).code, 0);
+    let hook_artifact = artifacts(&s).remove(0);
+    // Compile the command plugin into another cache and plant its artifact
+    // under the hook plugin's name.
+    std::fs::copy(plugins::FIXTURE_COMMAND, s.path("p.wasm")).expect("swap");
+    assert_eq!(s.lifehook(&["compile", "--cache", "other"]).code, 0);
+    let foreign = std::fs::read_dir(s.path("other"))
+        .expect("dir")
+        .flatten()
+        .next()
+        .expect("artifact")
+        .path();
+    std::fs::copy(plugins::FIXTURE_HOOK, s.path("p.wasm")).expect("swap back");
+    std::fs::copy(&foreign, &hook_artifact).expect("plant");
+    let run = s.run(&["--cache", "cache"]);
+    let step = run.assert_outcome("s", "ok");
+    assert_eq!(step["kind"], "hook", "ran the planted artifact");
+    assert!(
+        run.stderr.contains("compiled from another plugin"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn garbage_artifact_is_ignored_with_a_warning() {
+    let s = sandbox_with_plugin();
+    assert_eq!(s.lifehook(&["compile", "--cache", "cache"]).code, 0);
+    let artifact = artifacts(&s).remove(0);
+    std::fs::write(&artifact, vec![0x5a; 4096]).expect("overwrite");
+    let run = s.run(&["--cache", "cache"]);
+    run.assert_outcome("s", "ok");
+    assert!(
+        run.stderr.contains("ignoring precompiled artifact"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn compile_reports_unusable_plugins() {
+    let s = Sandbox::new();
+    s.pipeline("[[pre-stop.steps]]\nname = \"o\"\nplugin = \"@other\"\n");
+    let run = s.lifehook(&["compile", "--cache", "cache"]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("exports neither `run`"),
+        "{}",
+        run.stderr
+    );
+    assert!(artifacts(&s).is_empty());
+}

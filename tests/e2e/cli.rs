@@ -1,0 +1,165 @@
+//! The command line: subcommands, flags, defaults and exit codes.
+
+use crate::support::{Sandbox, lifehook, run_command};
+
+const TWO_PHASES: &str = r#"
+[[pre-stop.steps]]
+name = "one"
+plugin = "@hook"
+config = { mode = "ok", tag = "one" }
+
+[[pre-stop.steps]]
+name = "two"
+plugin = "@command"
+
+[[post-start.steps]]
+name = "start"
+plugin = "@hook"
+config = { mode = "ok" }
+"#;
+
+#[test]
+fn help_documents_the_exit_codes() {
+    let run = run_command({
+        let mut c = lifehook();
+        c.arg("--help");
+        c
+    });
+    assert_eq!(run.code, 0);
+    for line in [
+        "0  every step succeeded",
+        "1  a step with on-failure = \"abort\" failed",
+        "2  the pipeline file",
+        "3  the phase deadline",
+        "4  lifehook itself",
+    ] {
+        assert!(
+            run.stdout.contains(line),
+            "--help lacks `{line}`:\n{}",
+            run.stdout
+        );
+    }
+}
+
+#[test]
+fn default_pipeline_path_and_phase() {
+    let s = Sandbox::new();
+    s.pipeline(TWO_PHASES);
+    let run = s.run(&[]);
+    assert_eq!(run.report()["phase"], "pre-stop");
+    run.assert_outcome("one", "ok");
+    run.assert_outcome("two", "ok");
+}
+
+#[test]
+fn post_start_phase_runs_its_own_steps() {
+    let s = Sandbox::new();
+    s.pipeline(TWO_PHASES);
+    let run = s.run(&["--phase", "post-start"]);
+    let report = run.report();
+    assert_eq!(report["steps"].as_array().map(Vec::len), Some(1));
+    assert!(
+        run.message("start").contains("phase=post-start"),
+        "{}",
+        run.message("start")
+    );
+}
+
+#[test]
+fn config_env_variable_names_the_pipeline() {
+    let s = Sandbox::new();
+    let file = s.pipeline(TWO_PHASES);
+    let other = tempfile::tempdir().expect("dir");
+    let mut cmd = lifehook();
+    cmd.args(["run", "--report", "json"])
+        .current_dir(other.path())
+        .env("LIFEHOOK_CONFIG", &file);
+    let run = run_command(cmd);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.report()["pipeline"], file.to_string_lossy().as_ref());
+}
+
+#[test]
+fn only_runs_the_named_steps() {
+    let s = Sandbox::new();
+    s.pipeline(TWO_PHASES);
+    let run = s.run(&["--only", "two"]);
+    let steps = run.report()["steps"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(steps.len(), 1);
+    assert_eq!(steps[0]["name"], "two");
+}
+
+#[test]
+fn only_with_an_unknown_step_lists_the_steps() {
+    let s = Sandbox::new();
+    s.pipeline(TWO_PHASES);
+    let run = s.run(&["--only", "nope"]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr
+            .contains("--only names no step of [pre-stop]: nope; its steps are: one, two"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn dry_run_shows_the_plan_and_runs_nothing() {
+    let s = Sandbox::new();
+    s.pipeline(
+        r#"
+[[pre-stop.steps]]
+name = "would-write"
+plugin = "@hook"
+allow.dirs = [{ host = ".", guest = "/data", access = "read-write" }]
+config = { mode = "write-file", path = "/data/out.txt" }
+"#,
+    );
+    let run = s.lifehook(&["run", "--dry-run"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("would-write (hook "), "{}", run.stdout);
+    assert!(run.stdout.contains("as /data (rw)"), "{}", run.stdout);
+    assert!(!s.path("out.txt").exists(), "dry run ran the step");
+}
+
+#[test]
+fn missing_phase_section_is_not_an_error() {
+    let s = Sandbox::new();
+    s.pipeline(
+        "[[pre-stop.steps]]\nname = \"a\"\nplugin = \"@hook\"\nconfig = { mode = \"ok\" }\n",
+    );
+    let run = s.lifehook(&["run", "--phase", "post-start"]);
+    assert_eq!(run.code, 0);
+    assert_eq!(run.stdout, "lifehook post-start: ok - no steps\n");
+}
+
+#[test]
+fn missing_pipeline_file_is_a_clear_error() {
+    let s = Sandbox::new();
+    let run = s.lifehook(&["run"]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr
+            .contains("failed to read pipeline file lifehook.toml"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn check_accepts_a_good_pipeline() {
+    let s = Sandbox::new();
+    s.pipeline(TWO_PHASES);
+    let run = s.lifehook(&["check"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("[pre-stop] deadline 20s, 2 steps"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("two (command "), "{}", run.stdout);
+    assert!(run.stdout.ends_with("is valid\n"), "{}", run.stdout);
+}

@@ -1,0 +1,126 @@
+//! A real etcd on free loopback ports, with its own data directory, driven
+//! through its v3 JSON gateway.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::{Value, json};
+
+use super::{free_port, require_binary, wait_until};
+
+pub struct Etcd {
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    pub fn start() -> Etcd {
+        let etcd = require_binary("etcd", "etcd-server");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (port, peer) = (free_port(), free_port());
+        let client = format!("http://127.0.0.1:{port}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = Command::new(etcd)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--name", "lifehook-test"])
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args(["--initial-cluster", &format!("lifehook-test={peer_url}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcd");
+        let etcd = Etcd {
+            port,
+            child,
+            _dir: dir,
+        };
+        assert!(
+            wait_until(Duration::from_secs(20), || etcd
+                .try_post("/v3/kv/range", &json!({"key": B64.encode("probe")}))
+                .is_ok()),
+            "etcd did not start on port {port}"
+        );
+        etcd
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn put(&self, key: &str, value: &str) {
+        self.post(
+            "/v3/kv/put",
+            &json!({"key": B64.encode(key), "value": B64.encode(value)}),
+        );
+    }
+
+    /// Puts `key` attached to a new lease; returns the lease id.
+    pub fn put_with_lease(&self, key: &str, value: &str) -> String {
+        let lease = self.post("/v3/lease/grant", &json!({"TTL": "300"}));
+        let id = lease["ID"].as_str().expect("lease id").to_owned();
+        self.post(
+            "/v3/kv/put",
+            &json!({"key": B64.encode(key), "value": B64.encode(value), "lease": id}),
+        );
+        id
+    }
+
+    pub fn get(&self, key: &str) -> Option<String> {
+        let reply = self.post("/v3/kv/range", &json!({"key": B64.encode(key)}));
+        reply["kvs"][0]["value"]
+            .as_str()
+            .map(|v| String::from_utf8(B64.decode(v).expect("base64")).expect("utf-8"))
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> Value {
+        self.try_post(path, body).expect("etcd request")
+    }
+
+    fn try_post(&self, path: &str, body: &Value) -> std::io::Result<Value> {
+        let body = body.to_string();
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            stream,
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let (head, payload) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+        if !head.starts_with("HTTP/1.1 200") {
+            return Err(std::io::Error::other(head.to_owned()));
+        }
+        // The gateway may answer chunked; the JSON is the one line between
+        // chunk sizes.
+        let json = payload
+            .lines()
+            .find(|l| l.trim_start().starts_with('{'))
+            .unwrap_or(payload);
+        serde_json::from_str(json).map_err(std::io::Error::other)
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,231 @@
+//! Shared test helpers: a sandbox directory with a pipeline, running the
+//! binary, and the servers the sample plugins talk to.
+
+#![allow(dead_code, reason = "each test module uses a different part")]
+
+pub mod etcd;
+pub mod http;
+pub mod redis;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub use lifehook_test_artifacts as plugins;
+use serde_json::Value;
+
+/// A temporary directory holding a pipeline file and whatever it needs.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+/// The outcome of one `lifehook` process.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        Sandbox {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    /// A path inside the sandbox.
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    /// Writes a file inside the sandbox, creating its directory.
+    pub fn write(&self, relative: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.path(relative);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("create dir");
+        }
+        std::fs::write(&path, contents).expect("write file");
+        path
+    }
+
+    /// Writes `lifehook.toml` after expanding the placeholders `@hook`,
+    /// `@command`, `@other`, `@notify`, `@save`, `@restore`, `@lock` (plugin
+    /// paths) and `@dir` (the sandbox directory).
+    pub fn pipeline(&self, toml: &str) -> PathBuf {
+        let text = expand(toml, self.dir.path());
+        self.write("lifehook.toml", text)
+    }
+
+    /// Runs `lifehook <args>` in the sandbox with the shared precompiled
+    /// cache.
+    pub fn lifehook(&self, args: &[&str]) -> Run {
+        self.lifehook_with(args, |_| {})
+    }
+
+    /// Like [`Sandbox::lifehook`], after letting `setup` adjust the command.
+    pub fn lifehook_with(&self, args: &[&str], setup: impl FnOnce(&mut Command)) -> Run {
+        let mut cmd = lifehook();
+        cmd.args(args).current_dir(self.dir.path());
+        setup(&mut cmd);
+        run_command(cmd)
+    }
+
+    /// `lifehook run --report json` on the sandbox pipeline, plus `extra`.
+    pub fn run(&self, extra: &[&str]) -> Run {
+        let mut args = vec!["run", "--report", "json"];
+        args.extend_from_slice(extra);
+        self.lifehook(&args)
+    }
+}
+
+/// Expands the placeholders of [`Sandbox::pipeline`].
+pub fn expand(toml: &str, dir: &Path) -> String {
+    toml.replace("@hook", plugins::FIXTURE_HOOK)
+        .replace("@command", plugins::FIXTURE_COMMAND)
+        .replace("@other", plugins::FIXTURE_OTHER_WORLD)
+        .replace("@notify", plugins::NOTIFY_SHUTDOWN)
+        .replace("@save", plugins::SAVE_STATE)
+        .replace("@restore", plugins::RESTORE_STATE)
+        .replace("@lock", plugins::RELEASE_LOCK)
+        .replace("@dir", &dir.to_string_lossy())
+}
+
+/// The binary, with a clean lifehook environment and the shared cache.
+pub fn lifehook() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lifehook"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("LIFEHOOK_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("LIFEHOOK_CACHE", shared_cache());
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+pub fn run_command(mut cmd: Command) -> Run {
+    let started = Instant::now();
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().expect("run lifehook");
+    Run {
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        elapsed: started.elapsed(),
+    }
+}
+
+impl Run {
+    /// The JSON report on stdout.
+    pub fn report(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not a JSON report ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+
+    /// One step of the JSON report.
+    pub fn step(&self, name: &str) -> Value {
+        let report = self.report();
+        report["steps"]
+            .as_array()
+            .and_then(|steps| steps.iter().find(|s| s["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no step {name} in {report:#}"))
+    }
+
+    /// Asserts the step's outcome, showing the whole run when it differs.
+    pub fn assert_outcome(&self, name: &str, outcome: &str) -> Value {
+        let step = self.step(name);
+        assert_eq!(
+            step["outcome"], outcome,
+            "step {name}: {step:#}\nstderr:\n{}",
+            self.stderr
+        );
+        step
+    }
+
+    pub fn message(&self, name: &str) -> String {
+        self.step(name)["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// A cache precompiled once per test process for every plugin, so tests
+/// don't each spend a second compiling (tests of compiling itself pass
+/// their own `--cache`).
+pub fn shared_cache() -> &'static Path {
+    static CACHE: OnceLock<PathBuf> = OnceLock::new();
+    CACHE.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-cache");
+        let sandbox = Sandbox::new();
+        let mut toml = String::from("[pre-stop]\n");
+        for (i, plugin) in [
+            plugins::FIXTURE_HOOK,
+            plugins::FIXTURE_COMMAND,
+            plugins::NOTIFY_SHUTDOWN,
+            plugins::SAVE_STATE,
+            plugins::RESTORE_STATE,
+            plugins::RELEASE_LOCK,
+        ]
+        .iter()
+        .enumerate()
+        {
+            toml += &format!("[[pre-stop.steps]]\nname = \"s{i}\"\nplugin = \"{plugin}\"\n");
+        }
+        let file = sandbox.write("all.toml", toml);
+        let out = Command::new(env!("CARGO_BIN_EXE_lifehook"))
+            .args(["compile", "-f"])
+            .arg(&file)
+            .arg("--cache")
+            .arg(&dir)
+            .output()
+            .expect("run lifehook compile");
+        assert!(
+            out.status.success(),
+            "precompiling the test plugins failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    })
+}
+
+/// A TCP port free right now on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral port")
+        .port()
+}
+
+/// Panics with an install hint when a server binary is missing.
+pub fn require_binary(name: &str, package: &str) -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!("`{name}` is not installed: run `cargo xtask test` (which installs it) or `apt-get install -y {package}`")
+    })
+}
+
+/// Waits until `ready` returns true, up to `limit`.
+pub fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if ready() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
