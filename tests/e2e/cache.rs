@@ -156,3 +156,63 @@ fn compile_reports_unusable_plugins() {
     );
     assert!(artifacts(&s).is_empty());
 }
+
+/// The smallest images carry a build without Cranelift: it runs what
+/// `lifehook compile` made, and says clearly what it cannot do.
+#[test]
+#[ignore = "needs a `--no-default-features` build in LIFEHOOK_RUNTIME_ONLY_BIN; `cargo xtask test` builds one and runs this"]
+fn runtime_only_build_runs_precompiled_plugins() {
+    let binary = std::env::var_os("LIFEHOOK_RUNTIME_ONLY_BIN")
+        .expect("set LIFEHOOK_RUNTIME_ONLY_BIN to a lifehook built with --no-default-features");
+    let s = sandbox_with_plugin();
+    let runtime_only = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(&binary);
+        cmd.args(args).current_dir(s.dir.path());
+        crate::support::run_command(cmd)
+    };
+    // Compiled by the full build, run by the runtime-only one.
+    assert_eq!(s.lifehook(&["compile", "--cache", "cache"]).code, 0);
+    let run = runtime_only(&["run", "--report", "json", "--cache", "cache"]);
+    let step = run.assert_outcome("s", "ok");
+    assert_eq!(step["code"], "precompiled");
+
+    let uncompiled = runtime_only(&["run", "--report", "json", "--cache", "elsewhere"]);
+    uncompiled.assert_outcome("s", "failed");
+    assert!(
+        uncompiled.message("s").contains("must be precompiled"),
+        "{}",
+        uncompiled.message("s")
+    );
+
+    let compile = runtime_only(&["compile", "--cache", "cache"]);
+    assert_eq!(compile.code, 4);
+    assert!(
+        compile.stderr.contains("built without a compiler"),
+        "{}",
+        compile.stderr
+    );
+}
+
+#[test]
+fn compiling_at_run_time_counts_against_the_step_timeout() {
+    let s = Sandbox::new();
+    std::fs::copy(plugins::FIXTURE_HOOK, s.path("p.wasm")).expect("copy plugin");
+    s.pipeline("[[pre-stop.steps]]\nname = \"s\"\nplugin = \"p.wasm\"\ntimeout = \"20ms\"\nconfig = { mode = \"ok\" }\n");
+    let run = s.run(&["--cache", "empty-cache"]);
+    let step = run.assert_outcome("s", "timed-out");
+    assert!(
+        run.message("s").contains("was still compiling after"),
+        "{}",
+        run.message("s")
+    );
+    assert!(
+        run.message("s")
+            .contains("precompile it with `lifehook compile`"),
+        "{}",
+        run.message("s")
+    );
+    assert!(
+        step["duration_ms"].as_u64().expect("duration") < 200,
+        "{step:#}"
+    );
+}

@@ -163,3 +163,34 @@ fn check_accepts_a_good_pipeline() {
     assert!(run.stdout.contains("two (command "), "{}", run.stdout);
     assert!(run.stdout.ends_with("is valid\n"), "{}", run.stdout);
 }
+
+#[test]
+fn every_example_pipeline_is_valid() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let plugin_dir = std::path::Path::new(crate::support::plugins::NOTIFY_SHUTDOWN)
+        .parent()
+        .expect("plugin directory");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&examples).expect("examples").flatten() {
+        let file = entry.path().join("lifehook.toml");
+        if !file.is_file() {
+            continue;
+        }
+        let mut cmd = lifehook();
+        cmd.arg("check")
+            .arg("-f")
+            .arg(&file)
+            .env("LIFEHOOK_PLUGIN_DIR", plugin_dir);
+        let run = run_command(cmd);
+        assert_eq!(
+            run.code,
+            0,
+            "{}:\n{}{}",
+            file.display(),
+            run.stdout,
+            run.stderr
+        );
+        checked += 1;
+    }
+    assert!(checked >= 5, "only {checked} example pipelines found");
+}

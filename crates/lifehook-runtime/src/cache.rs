@@ -18,7 +18,6 @@
 //! on nodes with any x86-64 CPU.
 
 use std::fs;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -148,6 +147,7 @@ impl ArtifactCache {
             source,
         };
         fs::create_dir_all(&self.dir).map_err(write_err)?;
+        use std::io::Write as _;
         let mut tmp = tempfile::NamedTempFile::new_in(&self.dir).map_err(write_err)?;
         tmp.write_all(&code).map_err(write_err)?;
         tmp.write_all(&trailer(&code, xxh3_128(&bytes)))
@@ -209,6 +209,7 @@ fn read_artifact(
 
 /// The trailer of an artifact holding `code` compiled from a plugin whose
 /// contents hash to `plugin_hash`.
+#[cfg(any(feature = "compiler", test))]
 fn trailer(code: &[u8], plugin_hash: u128) -> Vec<u8> {
     let mut t = Vec::with_capacity(TRAILER);
     t.extend_from_slice(&xxh3_128(code).to_le_bytes());

@@ -16,8 +16,10 @@ use crate::state::StepState;
 /// Plugins bigger than this get a loud warning when they must be compiled at
 /// run time: interpreters built as components (Python, JavaScript) take many
 /// seconds of a grace period to compile.
+#[cfg(feature = "compiler")]
 const LARGE_PLUGIN: u64 = 2 << 20;
 /// Compiling for longer than this is worth a warning.
+#[cfg(feature = "compiler")]
 const SLOW_COMPILE: Duration = Duration::from_secs(1);
 
 /// What a plugin exports, and so how it is called.
@@ -229,11 +231,13 @@ pub(crate) fn compile(
             });
         }
     }
-    if !cfg!(feature = "compiler") {
-        return Err(LoadError::NeedsCompiler {
-            path: path.to_path_buf(),
-        });
-    }
+    jit(rt, path, bytes, at_run_time)
+}
+
+/// Compiles a component with Cranelift, warning when it eats into a hook's
+/// deadline.
+#[cfg(feature = "compiler")]
+fn jit(rt: &Runtime, path: &Path, bytes: &[u8], at_run_time: bool) -> Result<Component, LoadError> {
     let size = bytes.len() as u64;
     if at_run_time && size > LARGE_PLUGIN {
         tracing::warn!(
@@ -258,6 +262,14 @@ pub(crate) fn compile(
         tracing::debug!("compiled plugin {} in {took:?}", path.display());
     }
     Ok(component)
+}
+
+/// Without a compiler only precompiled plugins run.
+#[cfg(not(feature = "compiler"))]
+fn jit(_: &Runtime, path: &Path, _: &[u8], _: bool) -> Result<Component, LoadError> {
+    Err(LoadError::NeedsCompiler {
+        path: path.to_path_buf(),
+    })
 }
 
 /// Tells a hook component from a command by its exports.

@@ -1,5 +1,436 @@
-//! `cargo xtask bench`: whole-process benchmarks with hyperfine.
+//! `cargo xtask bench`: whole-process benchmarks of the static release
+//! binary, each figure printed next to a baseline measured in the same run.
+//!
+//! Timings come from hyperfine (Debian's package; installed when missing),
+//! peak memory from `getrusage` of each child (see [`rss`]), sizes from the
+//! stripped binaries. The measures, and the targets they are held to:
+//!
+//! - (a) the example pre-stop pipeline of the three sample plugins,
+//!   precompiled, doing real work on loopback (an HTTP receiver, a file lock,
+//!   a local snapshot directory) vs `sh -c 'curl -s -X POST http://...'`,
+//!   which only notifies: ratio <= 1.0;
+//! - (b) a one-step no-op pipeline vs `sh -c true`: ratio <= 2.5;
+//! - (c) the cost of each extra no-op step, (10 steps - 1 step) / 9:
+//!   <= 0.3 ms;
+//! - (d) the pre-stop pipeline compiling its plugins (no cache) vs the same
+//!   with the cache, and `lifehook compile` of all four sample plugins;
+//! - (e) peak RSS of (a), next to the curl one-liner's: <= 20 MiB;
+//! - (f) stripped sizes of the static full and runtime-only binaries:
+//!   <= 25 MB and <= 10 MB.
 
-pub fn run(_args: &[String]) -> anyhow::Result<u8> {
-    anyhow::bail!("not written yet")
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+use crate::{build_plugins, cargo, ensure_packages, ensure_wasm_target, root, start_receiver};
+
+const MUSL: &str = "x86_64-unknown-linux-musl";
+
+/// One hyperfine result.
+struct Timing {
+    mean_ms: f64,
+    stddev_ms: f64,
+}
+
+impl std::fmt::Display for Timing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.2} ms ± {:.2}", self.mean_ms, self.stddev_ms)
+    }
+}
+
+pub fn run(args: &[String]) -> anyhow::Result<u8> {
+    if args.first().map(String::as_str) == Some("rss") {
+        return rss(&args[1..]);
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let runs = if quick { "20" } else { "100" };
+
+    ensure_wasm_target()?;
+    ensure_musl_target()?;
+    ensure_packages(&[
+        ("hyperfine", "hyperfine"),
+        ("musl-gcc", "musl-tools"),
+        ("curl", "curl"),
+    ])?;
+    let plugins = build_plugins()?;
+    let full = build_static(&root().join("target"), &[])?;
+    let runtime_only = build_static(
+        &root().join("target/runtime-only"),
+        &["--no-default-features"],
+    )?;
+
+    let bench = root().join("target/bench");
+    let _ = std::fs::remove_dir_all(&bench);
+    for dir in ["app/wal", "snapshots", "locks"] {
+        std::fs::create_dir_all(bench.join(dir))?;
+    }
+    std::fs::write(bench.join("app/orders.db"), vec![b'o'; 64 * 1024])?;
+    std::fs::write(bench.join("app/wal/000001.log"), vec![b'w'; 16 * 1024])?;
+    let (origin, _received) = start_receiver()?;
+    write_pipelines(&bench, &plugins, &origin)?;
+    let lifehook = full.display().to_string();
+    for pipeline in [
+        "prestop.toml",
+        "noop1.toml",
+        "noop10.toml",
+        "all-samples.toml",
+    ] {
+        crate::run(
+            Command::new(&full)
+                .args(["compile", "--cache", "cache", "-f"])
+                .arg(bench.join(pipeline))
+                .current_dir(&bench),
+        )?;
+    }
+
+    let refill_lock = format!(
+        "printf bench-pod > {}",
+        bench.join("locks/leader.lock").display()
+    );
+    let curl = format!("sh -c 'curl -s -X POST {origin}/'");
+    let prestop = format!("{lifehook} run -f prestop.toml --cache cache");
+    let a = hyperfine(&bench, runs, Some(&refill_lock), &[&prestop, &curl])?;
+    let noop1 = format!("{lifehook} run -f noop1.toml --cache cache");
+    let noop10 = format!("{lifehook} run -f noop10.toml --cache cache");
+    let b = hyperfine(&bench, runs, None, &[&noop1, "sh -c true"])?;
+    let c = hyperfine(&bench, runs, None, &[&noop10, &noop1])?;
+    let cold_runs = if quick { "3" } else { "10" };
+    let uncached = format!("{lifehook} run -f prestop.toml --cache no-cache");
+    let d = hyperfine(
+        &bench,
+        cold_runs,
+        Some(&refill_lock),
+        &[&uncached, &prestop],
+    )?;
+    let compile_all = format!("{lifehook} compile -f all-samples.toml --cache cold-cache");
+    let d_compile = hyperfine(
+        &bench,
+        cold_runs,
+        Some("rm -rf cold-cache"),
+        &[&compile_all],
+    )?;
+    let rss_runs = if quick { 5 } else { 20 };
+    let rss_prestop = peak_rss(&bench, rss_runs, &refill_lock, &prestop)?;
+    let rss_curl = peak_rss(&bench, rss_runs, "true", &curl)?;
+    let size_full = std::fs::metadata(&full)?.len();
+    let size_runtime = std::fs::metadata(&runtime_only)?.len();
+    let static_ok = is_static(&full)? && is_static(&runtime_only)?;
+
+    let per_step = (c[0].mean_ms - c[1].mean_ms) / 9.0;
+    let mb = |bytes: u64| bytes as f64 / 1e6;
+    let mut rows = Vec::new();
+    let mut row =
+        |name: &str, value: String, baseline: String, ratio: String, target: &str, ok: bool| {
+            rows.push([
+                name.to_owned(),
+                value,
+                baseline,
+                ratio,
+                target.to_owned(),
+                if ok { "ok" } else { "MISSED" }.to_owned(),
+            ]);
+        };
+    let ratio_a = a[0].mean_ms / a[1].mean_ms;
+    row(
+        "(a) example pre-stop (3 plugins) vs curl one-liner",
+        a[0].to_string(),
+        a[1].to_string(),
+        format!("{ratio_a:.2}"),
+        "<= 1.0",
+        ratio_a <= 1.0,
+    );
+    let ratio_b = b[0].mean_ms / b[1].mean_ms;
+    row(
+        "(b) one no-op step vs sh -c true",
+        b[0].to_string(),
+        b[1].to_string(),
+        format!("{ratio_b:.2}"),
+        "<= 2.5",
+        ratio_b <= 2.5,
+    );
+    row(
+        "(c) each extra no-op step (10 - 1) / 9",
+        format!("{per_step:.3} ms"),
+        format!("1 step: {}", c[1]),
+        "-".into(),
+        "<= 0.3 ms",
+        per_step <= 0.3,
+    );
+    let ratio_d = d[0].mean_ms / d[1].mean_ms;
+    row(
+        "(d) pre-stop compiling its plugins vs precompiled",
+        d[0].to_string(),
+        d[1].to_string(),
+        format!("{ratio_d:.1}"),
+        "-",
+        true,
+    );
+    row(
+        "(d) lifehook compile, all 4 sample plugins",
+        d_compile[0].to_string(),
+        "-".into(),
+        "-".into(),
+        "-",
+        true,
+    );
+    let rss_ratio = rss_prestop as f64 / rss_curl as f64;
+    row(
+        "(e) peak RSS of (a) vs curl one-liner",
+        format!("{:.1} MiB", rss_prestop as f64 / 1024.0),
+        format!("{:.1} MiB", rss_curl as f64 / 1024.0),
+        format!("{rss_ratio:.2}"),
+        "<= 20 MiB",
+        rss_prestop <= 20 * 1024,
+    );
+    row(
+        "(f) static binary, full (stripped)",
+        format!("{:.1} MB", mb(size_full)),
+        "-".into(),
+        "-".into(),
+        "<= 25 MB",
+        size_full <= 25_000_000 && static_ok,
+    );
+    row(
+        "(f) static binary, runtime-only (stripped)",
+        format!("{:.1} MB", mb(size_runtime)),
+        "-".into(),
+        "-".into(),
+        "<= 10 MB",
+        size_runtime <= 10_000_000 && static_ok,
+    );
+
+    println!("\n{}\n", machine()?);
+    let headers = ["measure", "lifehook", "baseline", "ratio", "target", ""];
+    let widths: Vec<usize> = (0..headers.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain([headers[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: &[String]| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("| {} |", padded.join(" | "));
+    };
+    line(&headers.map(str::to_owned));
+    line(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>());
+    for r in &rows {
+        line(r);
+    }
+    println!(
+        "\nstatic binaries: {} and {} ({})",
+        full.display(),
+        runtime_only.display(),
+        if static_ok {
+            "statically linked"
+        } else {
+            "NOT static"
+        }
+    );
+    Ok(0)
+}
+
+fn ensure_musl_target() -> anyhow::Result<()> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()?;
+    if !String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l.trim() == MUSL)
+    {
+        crate::run(Command::new("rustup").args(["target", "add", MUSL]))?;
+    }
+    Ok(())
+}
+
+/// Builds the static release binary into `target_dir` (the runtime-only
+/// build gets its own, or it would overwrite the full one).
+fn build_static(target_dir: &Path, extra: &[&str]) -> anyhow::Result<PathBuf> {
+    crate::run(
+        cargo()
+            .args([
+                "build",
+                "--release",
+                "--target",
+                MUSL,
+                "--package",
+                "lifehook-cli",
+                "--bin",
+                "lifehook",
+            ])
+            .args(extra)
+            .env("CARGO_TARGET_DIR", target_dir)
+            // ring and zstd-free wasmtime still build a little C.
+            .env("CC_x86_64_unknown_linux_musl", "musl-gcc"),
+    )?;
+    Ok(target_dir.join(MUSL).join("release/lifehook"))
+}
+
+fn is_static(binary: &Path) -> anyhow::Result<bool> {
+    let out = Command::new("file").arg(binary).output();
+    Ok(match out {
+        Ok(o) => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            text.contains("static") && !text.contains("dynamically linked")
+        }
+        // No `file` here: musl binaries built this way are static-pie.
+        Err(_) => true,
+    })
+}
+
+fn write_pipelines(bench: &Path, plugins: &Path, origin: &str) -> anyhow::Result<()> {
+    let plugin = |name: &str| plugins.join(format!("{name}.wasm")).display().to_string();
+    let notify = format!(
+        "[[pre-stop.steps]]\nname = \"notify-shutdown\"\nplugin = \"{}\"\nallow.http = [\"{origin}\"]\nconfig = {{ url = \"{origin}/shutdown\", body = '{{\"pod\":\"bench\",\"phase\":\"{{{{phase}}}}\"}}' }}\n\n",
+        plugin("notify_shutdown")
+    );
+    let save = format!(
+        "[[pre-stop.steps]]\nname = \"save-state\"\nplugin = \"{}\"\nallow.dirs = [{{ host = \"app\", guest = \"/app\" }}, {{ host = \"snapshots\", guest = \"/snapshots\", access = \"read-write\" }}]\nconfig = {{ source = \"/app\", destination = \"/snapshots\", keep = 2 }}\n\n",
+        plugin("save_state")
+    );
+    let lock = format!(
+        "[[pre-stop.steps]]\nname = \"release-lock\"\nplugin = \"{}\"\nallow.dirs = [{{ host = \"locks\", guest = \"/locks\", access = \"read-write\" }}]\nconfig = {{ backend = \"file\", path = \"/locks/leader.lock\", token = \"bench-pod\" }}\n\n",
+        plugin("release_lock")
+    );
+    std::fs::write(bench.join("prestop.toml"), format!("{notify}{save}{lock}"))?;
+    let restore = format!(
+        "[[pre-stop.steps]]\nname = \"restore-state\"\nplugin = \"{}\"\n\n",
+        plugin("restore_state")
+    );
+    std::fs::write(
+        bench.join("all-samples.toml"),
+        format!("{notify}{save}{lock}{restore}"),
+    )?;
+    let noop = |n: usize| {
+        (0..n)
+            .map(|i| {
+                format!(
+                    "[[pre-stop.steps]]\nname = \"noop-{i}\"\nplugin = \"{}\"\n\n",
+                    plugin("fixture_noop")
+                )
+            })
+            .collect::<String>()
+    };
+    std::fs::write(bench.join("noop1.toml"), noop(1))?;
+    std::fs::write(bench.join("noop10.toml"), noop(10))?;
+    Ok(())
+}
+
+/// Runs hyperfine on `commands` and returns their timings in order.
+fn hyperfine(
+    dir: &Path,
+    runs: &str,
+    prepare: Option<&str>,
+    commands: &[&str],
+) -> anyhow::Result<Vec<Timing>> {
+    let json = dir.join("hyperfine.json");
+    let mut cmd = Command::new("hyperfine");
+    cmd.args([
+        "--warmup",
+        "3",
+        "--runs",
+        runs,
+        "--shell",
+        "sh",
+        "--style",
+        "basic",
+        "--export-json",
+    ])
+    .arg(&json)
+    .current_dir(dir);
+    if let Some(p) = prepare {
+        cmd.args(["--prepare", p]);
+    }
+    cmd.args(commands);
+    let status = cmd.status().context("cannot run hyperfine")?;
+    if !status.success() {
+        bail!("hyperfine failed on {commands:?}");
+    }
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json)?)?;
+    let results = report["results"]
+        .as_array()
+        .context("hyperfine JSON has no results")?;
+    results
+        .iter()
+        .map(|r| {
+            Ok(Timing {
+                mean_ms: r["mean"].as_f64().context("mean")? * 1e3,
+                stddev_ms: r["stddev"].as_f64().unwrap_or(0.0) * 1e3,
+            })
+        })
+        .collect()
+}
+
+/// The largest peak RSS (KiB) over `runs` runs of `command` (through `sh`).
+fn peak_rss(dir: &Path, runs: usize, prepare: &str, command: &str) -> anyhow::Result<u64> {
+    let xtask = std::env::current_exe()?;
+    let mut peak = 0;
+    for _ in 0..runs {
+        crate::run(Command::new("sh").args(["-c", prepare]).current_dir(dir))?;
+        let out = Command::new(&xtask)
+            .args(["bench", "rss", "sh", "-c", &format!("exec {command}")])
+            .current_dir(dir)
+            .output()?;
+        let kib: u64 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .with_context(|| {
+                format!(
+                    "rss helper printed {:?}",
+                    String::from_utf8_lossy(&out.stdout)
+                )
+            })?;
+        peak = peak.max(kib);
+    }
+    Ok(peak)
+}
+
+/// `cargo xtask bench rss CMD...`: runs CMD, prints its peak RSS in KiB. A
+/// process of its own, so no other child's peak is mixed in.
+fn rss(command: &[String]) -> anyhow::Result<u8> {
+    let (program, args) = command.split_first().context("rss needs a command")?;
+    Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()?;
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a complete `rusage` into the pointer.
+    #[expect(
+        unsafe_code,
+        reason = "getrusage is the way to read a child's peak RSS"
+    )]
+    let usage = unsafe {
+        if libc::getrusage(libc::RUSAGE_CHILDREN, usage.as_mut_ptr()) != 0 {
+            bail!("getrusage failed");
+        }
+        usage.assume_init()
+    };
+    println!("{}", usage.ru_maxrss);
+    Ok(0)
+}
+
+/// What the figures were measured on.
+fn machine() -> anyhow::Result<String> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let hyperfine = Command::new("hyperfine").arg("--version").output()?;
+    Ok(format!(
+        "measured on: {model}, {cores} cores; {}",
+        String::from_utf8_lossy(&hyperfine.stdout).trim()
+    ))
 }

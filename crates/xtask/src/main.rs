@@ -6,8 +6,8 @@
 //!   receiver, and runs the example pre-stop pipeline against it: the
 //!   receiver is notified, state is snapshotted, a file lock is released.
 //! - `test`: installs the wasm32-wasip2 target, redis-server and etcd, then
-//!   runs every test (`cargo test --workspace`, plus the plugins' own unit
-//!   tests on the host).
+//!   runs every test: `cargo test --workspace`, the runtime-only build's
+//!   test, and the plugins' own unit tests on the host.
 //! - `bench`: builds the release binary and measures it with hyperfine
 //!   (see `bench.rs`).
 
@@ -155,6 +155,34 @@ fn test(extra: &[String]) -> anyhow::Result<u8> {
     // The test suite builds the plugins itself (tests/artifacts/build.rs)
     // and starts its own servers on free loopback ports.
     run(cargo().args(["test", "--workspace"]).args(extra))?;
+    // The runtime-only build (no compiler) in a target directory of its own,
+    // and the test that needs it.
+    let runtime_only_dir = root().join("target/runtime-only");
+    run(cargo()
+        .args([
+            "build",
+            "--package",
+            "lifehook-cli",
+            "--bin",
+            "lifehook",
+            "--no-default-features",
+        ])
+        .env("CARGO_TARGET_DIR", &runtime_only_dir))?;
+    run(cargo()
+        .args([
+            "test",
+            "--package",
+            "lifehook-cli",
+            "--test",
+            "e2e",
+            "--",
+            "--ignored",
+            "runtime_only",
+        ])
+        .env(
+            "LIFEHOOK_RUNTIME_ONLY_BIN",
+            runtime_only_dir.join("debug/lifehook"),
+        ))?;
     // The plugins' own unit tests (RESP parsing, snapshot paths, durations)
     // run on the host.
     run(cargo()

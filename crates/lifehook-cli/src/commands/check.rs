@@ -5,7 +5,7 @@ use lifehook_manifest::{Access, Step};
 use lifehook_runtime::{PluginKind, Runtime};
 
 use super::run::print_out;
-use super::{PhaseArg, PipelineArgs, distinct_plugins};
+use super::{CacheArgs, PhaseArg, PipelineArgs, distinct_plugins};
 
 /// Check the pipeline file and that every plugin loads and has the right
 /// exports. Lists every problem and exits 2 when there is any.
@@ -18,6 +18,9 @@ pub struct Check {
     #[command(flatten)]
     pipeline: PipelineArgs,
 
+    #[command(flatten)]
+    cache: CacheArgs,
+
     /// Check only this phase (both by default).
     #[arg(long, value_enum)]
     phase: Option<PhaseArg>,
@@ -27,12 +30,13 @@ impl Check {
     pub fn execute(self) -> anyhow::Result<i32> {
         let pipeline = lifehook_manifest::load(&self.pipeline.file, self.phase.map(Into::into))?;
         let rt = Runtime::new()?;
+        let cache = self.cache.cache(&pipeline.path);
         let mut out = String::new();
         let mut problems = Vec::new();
         let steps = pipeline.phases.iter().flat_map(|p| &p.steps);
         let mut kinds = Vec::new();
         for plugin in distinct_plugins(steps) {
-            match lifehook_runtime::Plugin::load(&rt, &plugin) {
+            match cache.load(&rt, &plugin) {
                 Ok(p) => kinds.push((plugin, p.kind)),
                 Err(e) => problems.push(format!("error: {e}")),
             }

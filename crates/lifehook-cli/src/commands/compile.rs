@@ -1,11 +1,8 @@
 //! `lifehook compile`: precompiles the pipeline's plugins.
 
-use anyhow::Context as _;
 use clap::Args;
-use lifehook_runtime::Runtime;
 
-use super::run::print_out;
-use super::{CacheArgs, PhaseArg, PipelineArgs, distinct_plugins};
+use super::{CacheArgs, PhaseArg, PipelineArgs};
 
 /// Precompile every plugin the pipeline names, so `run` loads machine code
 /// instead of compiling (do it once, when building the image).
@@ -36,6 +33,11 @@ pub struct Compile {
 impl Compile {
     #[cfg(feature = "compiler")]
     pub fn execute(self) -> anyhow::Result<i32> {
+        use super::distinct_plugins;
+        use super::run::print_out;
+        use anyhow::Context as _;
+        use lifehook_runtime::Runtime;
+
         let pipeline = lifehook_manifest::load(&self.pipeline.file, self.phase.map(Into::into))?;
         let cache = self.cache.cache(&pipeline.path);
         let compiler = Runtime::for_precompiling().context("cannot start the compiler")?;
@@ -78,7 +80,7 @@ impl Compile {
 
     #[cfg(not(feature = "compiler"))]
     pub fn execute(self) -> anyhow::Result<i32> {
-        let _ = (&self.pipeline, &self.cache, self.phase, Runtime::new);
+        let _ = (&self.pipeline, &self.cache, self.phase);
         anyhow::bail!(
             "this lifehook was built without a compiler (runtime-only); run `lifehook compile` with a full build of the same version"
         )
