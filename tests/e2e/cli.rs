@@ -192,5 +192,39 @@ fn every_example_pipeline_is_valid() {
         );
         checked += 1;
     }
-    assert!(checked >= 5, "only {checked} example pipelines found");
+    assert!(checked >= 6, "only {checked} example pipelines found");
+}
+
+/// A plugin written in Python (examples/python-plugin) runs through the same
+/// contract as the Rust ones.
+#[test]
+#[ignore = "needs LIFEHOOK_PYTHON_PLUGIN built by componentize-py; `cargo xtask test` builds it and runs this"]
+fn python_plugin_runs() {
+    let plugin = std::env::var_os("LIFEHOOK_PYTHON_PLUGIN")
+        .expect("set LIFEHOOK_PYTHON_PLUGIN to the component built from examples/python-plugin");
+    let pipeline = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/python-plugin/lifehook.toml");
+    let cache = tempfile::tempdir().expect("dir");
+    let with_env = |args: &[&str]| {
+        let mut cmd = lifehook();
+        cmd.args(args)
+            .arg("-f")
+            .arg(&pipeline)
+            .arg("--cache")
+            .arg(cache.path())
+            .env("LIFEHOOK_PYTHON_PLUGIN", &plugin)
+            .env("POD_NAME", "web-3");
+        run_command(cmd)
+    };
+    let compiled = with_env(&["compile"]);
+    assert_eq!(compiled.code, 0, "{}", compiled.stderr);
+    let run = with_env(&["run", "--report", "json", "-v"]);
+    let step = run.assert_outcome("python-goodbye", "ok");
+    assert_eq!(step["message"], "said goodbye to web-3 (attempt 1/1)");
+    assert_eq!(step["code"], "precompiled");
+    assert!(
+        run.stderr.contains("pre-stop: step python-goodbye"),
+        "{}",
+        run.stderr
+    );
 }

@@ -160,6 +160,7 @@ fn skipped(step: &Step, reason: &str) -> StepReport {
         plugin: step.plugin.clone(),
         kind: None,
         code: None,
+        load_time: None,
         outcome: Outcome::Skipped,
         message: format!("skipped: {reason}"),
         attempts: 0,
@@ -284,6 +285,7 @@ async fn run_step(
         };
     report.kind = Some(plugin.kind);
     report.code = Some(plugin.source);
+    report.load_time = Some(plugin.load_time);
 
     // None once any attempt's fuel is unknown (see `run_attempt`).
     let mut fuel_total: Option<u64> = Some(0);

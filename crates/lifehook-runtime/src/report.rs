@@ -79,6 +79,10 @@ pub struct StepReport {
     pub kind: Option<PluginKind>,
     /// Whether the plugin was compiled now or loaded precompiled.
     pub code: Option<CodeSource>,
+    /// Time spent compiling or loading the plugin (shared by the steps
+    /// that use the same plugin; counted in the first attempt's timeout).
+    #[serde(rename = "load_ms", serialize_with = "opt_millis")]
+    pub load_time: Option<Duration>,
     /// How it ended (the last attempt's outcome).
     pub outcome: Outcome,
     /// The plugin's summary on success, otherwise why it did not succeed.
@@ -125,6 +129,13 @@ pub struct PhaseReport {
 
 fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(d.as_millis().try_into().unwrap_or(u64::MAX))
+}
+
+fn opt_millis<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_f64((d.as_secs_f64() * 1e6).round() / 1e3),
+        None => s.serialize_none(),
+    }
 }
 
 impl PhaseReport {
@@ -244,6 +255,7 @@ mod tests {
             plugin: "p.wasm".into(),
             kind: Some(PluginKind::Hook),
             code: Some(CodeSource::Compiled),
+            load_time: Some(Duration::from_micros(1500)),
             outcome,
             message: "done".into(),
             attempts: 1,
@@ -304,5 +316,6 @@ mod tests {
         assert_eq!(v["steps"][0]["outcome"], "out-of-fuel");
         assert_eq!(v["steps"][0]["duration_ms"], 12);
         assert_eq!(v["deadline_ms"], 20_000);
+        assert_eq!(v["steps"][0]["load_ms"], 1.5);
     }
 }

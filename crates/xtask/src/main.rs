@@ -183,6 +183,20 @@ fn test(extra: &[String]) -> anyhow::Result<u8> {
             "LIFEHOOK_RUNTIME_ONLY_BIN",
             runtime_only_dir.join("debug/lifehook"),
         ))?;
+    // A plugin written in Python, built with componentize-py from PyPI.
+    let python_plugin = build_python_plugin()?;
+    run(cargo()
+        .args([
+            "test",
+            "--package",
+            "lifehook-cli",
+            "--test",
+            "e2e",
+            "--",
+            "--ignored",
+            "python_plugin",
+        ])
+        .env("LIFEHOOK_PYTHON_PLUGIN", python_plugin))?;
     // The plugins' own unit tests (RESP parsing, snapshot paths, durations)
     // run on the host.
     run(cargo()
@@ -199,6 +213,33 @@ fn test(extra: &[String]) -> anyhow::Result<u8> {
         ])
         .env("CARGO_TARGET_DIR", root().join("target/plugins-host")))?;
     Ok(0)
+}
+
+/// Builds examples/python-plugin with componentize-py in a virtualenv under
+/// `target/`.
+fn build_python_plugin() -> anyhow::Result<PathBuf> {
+    let venv = root().join("target/py-venv");
+    let bin = venv.join("bin");
+    if !bin.join("componentize-py").is_file() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        run(Command::new(bin.join("pip")).args(["install", "--quiet", "componentize-py==0.25.1"]))?;
+    }
+    let out = root().join("target/python-plugin/drain.wasm");
+    std::fs::create_dir_all(out.parent().context("output directory")?)?;
+    run(Command::new(bin.join("componentize-py"))
+        .args([
+            "-d",
+            "wit",
+            "-w",
+            "hook",
+            "componentize",
+            "-p",
+            "examples/python-plugin",
+            "app",
+            "-o",
+        ])
+        .arg(&out))?;
+    Ok(out)
 }
 
 fn host_triple() -> anyhow::Result<String> {
