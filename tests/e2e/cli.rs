@@ -180,7 +180,13 @@ fn every_example_pipeline_is_valid() {
         cmd.arg("check")
             .arg("-f")
             .arg(&file)
-            .env("LIFEHOOK_PLUGIN_DIR", plugin_dir);
+            .env("LIFEHOOK_PLUGIN_DIR", plugin_dir)
+            // Stands in for the Python plugin, which `cargo xtask test`
+            // builds and runs separately (see `python_plugin_runs`).
+            .env(
+                "LIFEHOOK_PYTHON_PLUGIN",
+                crate::support::plugins::FIXTURE_HOOK,
+            );
         let run = run_command(cmd);
         assert_eq!(
             run.code,

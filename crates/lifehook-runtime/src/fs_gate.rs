@@ -10,8 +10,17 @@
 //! Only `open-at` is watched (it is how files are read, written and
 //! created); other calls (`stat`, `rename`, `unlink`) are denied just the
 //! same but not logged.
+//!
+//! The empty directory is made once per process, opened, and deleted at
+//! once; each attempt preopens it again through `/proc/self/fd/N`. So a run
+//! leaves nothing behind, even when killed, and costs one `open` per
+//! attempt. Where no directory can be created at all (a read-only root file
+//! system with no writable `/tmp` or `/dev/shm`), steps run without it: file
+//! access outside the grants is still denied, just not logged.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use lifehook_manifest::Access;
 use wasmtime::component::{Linker, Resource};
@@ -22,6 +31,35 @@ use wasmtime_wasi::p2::bindings::filesystem::types::{
 use wasmtime_wasi::p2::bindings::filesystem::{preopens, types};
 
 use crate::state::{Denials, StepState};
+
+/// The empty, deleted directory preopened as `/`, as a path that reopens it
+/// (`None` when none could be made).
+pub(crate) fn empty_dir() -> Option<&'static Path> {
+    static EMPTY: OnceLock<Option<(std::fs::File, PathBuf)>> = OnceLock::new();
+    EMPTY
+        .get_or_init(|| {
+            use std::os::fd::AsRawFd as _;
+            let bases = [std::env::temp_dir(), PathBuf::from("/dev/shm"), PathBuf::from("/tmp")];
+            for base in bases {
+                let Ok(dir) = tempfile::Builder::new().prefix("lifehook-empty-").tempdir_in(&base) else {
+                    continue;
+                };
+                let Ok(handle) = std::fs::File::open(dir.path()) else {
+                    continue;
+                };
+                // Deletes the directory; `handle` keeps it, empty, for good.
+                drop(dir);
+                let path = PathBuf::from(format!("/proc/self/fd/{}", handle.as_raw_fd()));
+                if path.is_dir() {
+                    return Some((handle, path));
+                }
+            }
+            tracing::debug!("no writable temporary directory: file access outside the grants will be denied without being logged");
+            None
+        })
+        .as_ref()
+        .map(|(_, path)| path.as_path())
+}
 
 /// The WASI filesystem version wasmtime-wasi 48 registers; guests importing
 /// any other 0.2.x resolve to it.

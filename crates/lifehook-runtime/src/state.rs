@@ -106,13 +106,12 @@ impl StepState {
                 anyhow::anyhow!("cannot open granted directory {}: {e}", dir.host.display())
             })?;
         }
-        if !step.grants.dirs.iter().any(|d| d.guest == "/") {
+        if !step.grants.dirs.iter().any(|d| d.guest == "/")
+            && let Some(empty) = crate::fs_gate::empty_dir()
+        {
             // See `fs_gate`: paths outside every grant land in this empty,
             // deleted directory, where they fail and are logged.
-            let empty = tempfile::Builder::new()
-                .prefix("lifehook-empty-")
-                .tempdir()?;
-            b.preopened_dir(empty.path(), "/", FsPerms::ReadOnly)?;
+            b.preopened_dir(empty, "/", FsPerms::ReadOnly)?;
         }
         // TCP and UDP stay switched on so that every attempt reaches the
         // address check below and a denial is logged with its address.

@@ -76,11 +76,13 @@ pub fn run(args: &[String]) -> anyhow::Result<u8> {
         "noop10.toml",
         "all-samples.toml",
     ] {
+        // `run` starts commands in the repository root: absolute paths.
         crate::run(
             Command::new(&full)
-                .args(["compile", "--cache", "cache", "-f"])
+                .args(["compile", "-f"])
                 .arg(bench.join(pipeline))
-                .current_dir(&bench),
+                .arg("--cache")
+                .arg(bench.join("cache")),
         )?;
     }
 

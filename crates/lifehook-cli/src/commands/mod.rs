@@ -129,12 +129,12 @@ pub fn distinct_plugins<'a>(
     seen
 }
 
-/// A multi-threaded tokio runtime sized for a hook: steps run concurrently on
-/// at most four workers.
+/// The tokio runtime a run uses: one thread. Concurrent steps interleave on
+/// it (a busy plugin yields at every epoch tick); compiling goes to blocking
+/// threads. Worker threads would cost start-up time and, worse, make every
+/// memory unmap of a finished plugin interrupt the other cores.
 pub fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
+    Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)
 }
