@@ -37,7 +37,16 @@ fn compiled_artifacts_are_used_by_run() {
         "{}",
         compiled.stdout
     );
-    assert_eq!(artifacts(&s).len(), 1);
+    let found = artifacts(&s);
+    assert_eq!(found.len(), 1);
+    // Readable by all: an image built as root runs its hook as another user.
+    let mode = std::fs::metadata(&found[0])
+        .expect("artifact")
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o644
+    );
     let run = s.run(&["--cache", "cache"]);
     let step = run.assert_outcome("s", "ok");
     assert_eq!(step["code"], "precompiled", "{step:#}");

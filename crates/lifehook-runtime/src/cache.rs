@@ -155,6 +155,14 @@ impl ArtifactCache {
         tmp.write_all(&code).map_err(write_err)?;
         tmp.write_all(&trailer(&code, plugin_hash))
             .map_err(write_err)?;
+        // Temporary files are private (0600); an image built as root is run
+        // as another user, who must be able to read the artifact.
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            tmp.as_file()
+                .set_permissions(fs::Permissions::from_mode(0o644))
+                .map_err(write_err)?;
+        }
         tmp.as_file().sync_all().map_err(write_err)?;
         tmp.persist(&artifact).map_err(|e| write_err(e.error))?;
         self.remove_stale(plugin, &artifact);
@@ -212,7 +220,10 @@ fn load_artifact(
         Err(e) => return Err(format!("cannot read it: {e}")),
     }
     let data = map_file(path).map_err(|e| format!("cannot read it: {e}"))?;
-    verify_trailer(&data, plugin_hash)?;
+    let code = verify_trailer(&data, plugin_hash)?;
+    if wasmtime::Engine::detect_precompiled(code) != Some(wasmtime::Precompiled::Component) {
+        return Err("it is not a precompiled component".into());
+    }
     drop(data);
     deserialize_file(rt, path).map(Some)
 }
@@ -266,10 +277,6 @@ fn verify_trailer(data: &[u8], plugin_hash: u128) -> Result<&[u8], String> {
     reason = "deserializing machine code is unsafe in wasmtime; the file passed here carries the checksum `lifehook compile` wrote, and wasmtime checks its version and the engine configuration"
 )]
 fn deserialize_file(rt: &Runtime, path: &Path) -> Result<Component, String> {
-    match wasmtime::Engine::detect_precompiled_file(path) {
-        Ok(Some(wasmtime::Precompiled::Component)) => {}
-        _ => return Err("it is not a precompiled component".into()),
-    }
     // SAFETY: see the `reason` above. wasmtime ignores the trailer after
     // its ELF image.
     unsafe { Component::deserialize_file(&rt.engine, path) }.map_err(|e| format!("{e:#}"))

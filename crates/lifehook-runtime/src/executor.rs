@@ -286,6 +286,13 @@ async fn run_step(
     report.kind = Some(plugin.kind);
     report.code = Some(plugin.source);
     report.load_time = Some(plugin.load_time);
+    tracing::debug!(
+        "plugin {} ready ({:?}, {:?}); step started {:?} ago",
+        step.plugin.display(),
+        plugin.source,
+        plugin.load_time,
+        started.elapsed()
+    );
 
     // None once any attempt's fuel is unknown (see `run_attempt`).
     let mut fuel_total: Option<u64> = Some(0);

@@ -39,16 +39,22 @@ pub(crate) fn empty_dir() -> Option<&'static Path> {
     EMPTY
         .get_or_init(|| {
             use std::os::fd::AsRawFd as _;
-            let bases = [std::env::temp_dir(), PathBuf::from("/dev/shm"), PathBuf::from("/tmp")];
+            // tmpfs first: a directory made and removed there touches no
+            // journal.
+            let bases = [PathBuf::from("/dev/shm"), std::env::temp_dir(), PathBuf::from("/tmp")];
             for base in bases {
-                let Ok(dir) = tempfile::Builder::new().prefix("lifehook-empty-").tempdir_in(&base) else {
+                let Ok(dir) = tempfile::Builder::new().prefix("lifehook-empty-").tempdir_in(&base)
+                else {
                     continue;
                 };
-                let Ok(handle) = std::fs::File::open(dir.path()) else {
+                let dir = dir.keep();
+                let handle = std::fs::File::open(&dir);
+                // Deleted at once (empty, so a plain rmdir); `handle` keeps
+                // it, empty, for good.
+                let _ = std::fs::remove_dir(&dir);
+                let Ok(handle) = handle else {
                     continue;
                 };
-                // Deletes the directory; `handle` keeps it, empty, for good.
-                drop(dir);
                 let path = PathBuf::from(format!("/proc/self/fd/{}", handle.as_raw_fd()));
                 if path.is_dir() {
                     return Some((handle, path));

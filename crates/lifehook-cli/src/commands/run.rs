@@ -82,6 +82,12 @@ impl Run {
         };
         check_only(phase, &self.only)?;
         let rt = Runtime::new().context("cannot start the WebAssembly engine")?;
+        if let Some(started) = crate::STARTED.get() {
+            tracing::debug!(
+                "pipeline loaded and engine ready {:?} after start",
+                started.elapsed()
+            );
+        }
         let options = RunOptions {
             only: self.only.clone(),
             deadline: self.deadline,
