@@ -356,8 +356,10 @@ fn hyperfine(
         warmup,
         "--runs",
         runs,
-        "--shell",
-        "sh",
+        // No intermediate shell: hyperfine's correction for one is noisier
+        // than a millisecond-long command. Each command line is what a
+        // Kubernetes exec hook would run, `sh -c '...'` included.
+        "--shell=none",
         "--style",
         "basic",
         "--export-json",
@@ -365,7 +367,7 @@ fn hyperfine(
     .arg(&json)
     .current_dir(dir);
     if let Some(p) = prepare {
-        cmd.args(["--prepare", p]);
+        cmd.arg("--prepare").arg(format!("sh -c '{p}'"));
     }
     cmd.args(commands);
     let status = cmd.status().context("cannot run hyperfine")?;
