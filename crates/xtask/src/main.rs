@@ -168,35 +168,14 @@ fn test(extra: &[String]) -> anyhow::Result<u8> {
             "--no-default-features",
         ])
         .env("CARGO_TARGET_DIR", &runtime_only_dir))?;
-    run(cargo()
-        .args([
-            "test",
-            "--package",
-            "lifehook-cli",
-            "--test",
-            "e2e",
-            "--",
-            "--ignored",
-            "runtime_only",
-        ])
-        .env(
-            "LIFEHOOK_RUNTIME_ONLY_BIN",
-            runtime_only_dir.join("debug/lifehook"),
-        ))?;
+    ignored_e2e_test(
+        "runtime_only",
+        "LIFEHOOK_RUNTIME_ONLY_BIN",
+        &runtime_only_dir.join("debug/lifehook"),
+    )?;
     // A plugin written in Python, built with componentize-py from PyPI.
     let python_plugin = build_python_plugin()?;
-    run(cargo()
-        .args([
-            "test",
-            "--package",
-            "lifehook-cli",
-            "--test",
-            "e2e",
-            "--",
-            "--ignored",
-            "python_plugin",
-        ])
-        .env("LIFEHOOK_PYTHON_PLUGIN", python_plugin))?;
+    ignored_e2e_test("python_plugin", "LIFEHOOK_PYTHON_PLUGIN", &python_plugin)?;
     // The plugins' own unit tests (RESP parsing, snapshot paths, durations)
     // run on the host.
     run(cargo()
@@ -217,6 +196,15 @@ fn test(extra: &[String]) -> anyhow::Result<u8> {
 
 /// Builds examples/python-plugin with componentize-py in a virtualenv under
 /// `target/`.
+/// Runs the end-to-end tests named `name`, which are ignored by a plain
+/// `cargo test` because they need `var` set to a path this command built.
+fn ignored_e2e_test(name: &str, var: &str, value: &Path) -> anyhow::Result<()> {
+    run(cargo()
+        .args(["test", "--package", "lifehook-cli", "--test", "e2e"])
+        .args(["--", "--ignored", name])
+        .env(var, value))
+}
+
 fn build_python_plugin() -> anyhow::Result<PathBuf> {
     let venv = root().join("target/py-venv");
     let bin = venv.join("bin");
