@@ -121,6 +121,29 @@ impl ArtifactCache {
         Plugin::prepare(rt, plugin, component, CodeSource::Compiled, started)
     }
 
+    /// Loads `plugin` from its artifact if a usable one exists; `None`
+    /// (quietly) otherwise, for [`ArtifactCache::load`] to find out why and
+    /// compile. It never compiles, so it takes milliseconds and the executor
+    /// may call it on its own thread without holding up timers for long.
+    pub fn try_precompiled(
+        &self,
+        rt: &Runtime,
+        plugin: &Path,
+    ) -> Option<Result<Plugin, LoadError>> {
+        let started = Instant::now();
+        let bytes = map_file(plugin).ok()?;
+        let plugin_hash = xxh3_128(&bytes);
+        let artifact = self.artifact_path(plugin, plugin_hash);
+        let component = load_artifact(rt, &artifact, plugin_hash).ok()??;
+        Some(Plugin::prepare(
+            rt,
+            plugin,
+            component,
+            CodeSource::Precompiled,
+            started,
+        ))
+    }
+
     /// Precompiles `plugin` with `compiler` (see [`Runtime::for_precompiling`])
     /// and writes its artifact atomically, removing older artifacts of the
     /// same plugin. The plugin is checked (format, exports, imports) first.

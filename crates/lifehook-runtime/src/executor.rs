@@ -23,7 +23,7 @@ use crate::bindings::lifehook::hook::types::{Failure, Invocation, Phase as WitPh
 use crate::cache::ArtifactCache;
 use crate::capture::OutputCapture;
 use crate::engine::Runtime;
-use crate::plugin::{Plugin, Pre};
+use crate::plugin::{LoadError, Plugin, Pre};
 use crate::report::{Outcome, PhaseReport, StepReport, human};
 use crate::state::{Denials, StepState};
 
@@ -175,9 +175,35 @@ fn skipped(step: &Step, reason: &str) -> StepReport {
 
 type LoadResult = Result<Arc<Plugin>, String>;
 
+fn shared(loaded: Result<Plugin, LoadError>) -> LoadResult {
+    loaded.map(Arc::new).map_err(|e| e.to_string())
+}
+
+/// Loads `path` (compiling it if need be) on a blocking thread.
+fn load_in_background(
+    rt: &Runtime,
+    cache: Option<&ArtifactCache>,
+    path: &Path,
+) -> watch::Receiver<Option<LoadResult>> {
+    let (tx, rx) = watch::channel(None);
+    let (rt, cache, path) = (rt.clone(), cache.cloned(), path.to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        let loaded = match &cache {
+            Some(cache) => cache.load(&rt, &path),
+            None => Plugin::load(&rt, &path),
+        };
+        let _ = tx.send(Some(shared(loaded)));
+    });
+    rx
+}
+
 /// Loads each plugin of the phase once, all at the same time on blocking
 /// threads, so a later step's compile overlaps earlier steps' runs and
 /// concurrent steps never wait for each other's compilation.
+///
+/// The first plugin, which the run waits for anyway, is loaded on the
+/// calling thread when it has a usable artifact: that takes milliseconds
+/// (no compiling) and saves a thread, a tenth of a one-step run.
 struct Loader {
     slots: HashMap<PathBuf, watch::Receiver<Option<LoadResult>>>,
 }
@@ -188,21 +214,23 @@ impl Loader {
         cache: Option<&ArtifactCache>,
         plugins: impl Iterator<Item = &'a Path>,
     ) -> Loader {
-        let mut slots = HashMap::new();
+        let mut paths: Vec<&Path> = Vec::new();
         for path in plugins {
-            if slots.contains_key(path) {
-                continue;
+            if !paths.contains(&path) {
+                paths.push(path);
             }
-            let (tx, rx) = watch::channel(None);
-            slots.insert(path.to_path_buf(), rx);
-            let (rt, cache, path) = (rt.clone(), cache.cloned(), path.to_path_buf());
-            tokio::task::spawn_blocking(move || {
-                let loaded = match &cache {
-                    Some(cache) => cache.load(&rt, &path),
-                    None => Plugin::load(&rt, &path),
-                };
-                let _ = tx.send(Some(loaded.map(Arc::new).map_err(|e| e.to_string())));
-            });
+        }
+        let mut slots = HashMap::new();
+        for path in paths.iter().skip(1) {
+            slots.insert(path.to_path_buf(), load_in_background(rt, cache, path));
+        }
+        if let Some(first) = paths.first() {
+            let inline = cache.and_then(|c| c.try_precompiled(rt, first));
+            let slot = match inline {
+                Some(loaded) => watch::channel(Some(shared(loaded))).1,
+                None => load_in_background(rt, cache, first),
+            };
+            slots.insert(first.to_path_buf(), slot);
         }
         Loader { slots }
     }
