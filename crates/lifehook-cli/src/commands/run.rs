@@ -97,12 +97,17 @@ impl Run {
         if self.dry_run {
             return self.dry_run(&rt, &pipeline, phase, &options);
         }
-        let report = tokio_runtime()?.block_on(lifehook_runtime::run_phase(
+        let runtime = tokio_runtime()?;
+        let report = runtime.block_on(lifehook_runtime::run_phase(
             &rt,
             &pipeline.path,
             phase,
             &options,
         ));
+        // Not waiting for the blocking threads: a compile for a step that
+        // was skipped may still be running, and even idle ones took ~10 ms
+        // here to wake up and exit. The process ends right after the report.
+        runtime.shutdown_background();
         match self.report {
             ReportFormat::Text => print_out(&report.to_text())?,
             ReportFormat::Json => print_out(&format!("{}\n", report.to_json()))?,
