@@ -34,9 +34,23 @@ fn main() {
         }
     };
     let _ = std::io::stdout().flush();
-    // Exit without waiting for background work: a plugin still compiling on a
-    // blocking thread, or a dropped step, must not hold the hook past its
-    // deadline.
+    exit_now(code)
+}
+
+/// Ends the process at once. Background work (a plugin still compiling on a
+/// blocking thread for a step that was skipped) must not hold the hook past its
+/// deadline, and the allocator's tidy-up at `exit` (collecting and returning
+/// every heap page to the kernel, ~0.2 ms of a 3.5 ms run here) is wasted on
+/// memory the kernel is about to take back anyway. Stdout is flushed above;
+/// stderr and log files are unbuffered.
+fn exit_now(code: i32) -> ! {
+    #[cfg(unix)]
+    #[expect(unsafe_code, reason = "_exit takes an integer and does not return")]
+    // SAFETY: `_exit` only ends the process; no Rust state is observed after it.
+    unsafe {
+        libc::_exit(code)
+    }
+    #[cfg(not(unix))]
     std::process::exit(code)
 }
 
