@@ -84,12 +84,11 @@ fn only_runs_the_named_steps() {
     let s = Sandbox::new();
     s.pipeline(TWO_PHASES);
     let run = s.run(&["--only", "two"]);
-    let steps = run.report()["steps"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    assert_eq!(steps.len(), 1);
-    assert_eq!(steps[0]["name"], "two");
+    run.assert_outcome("two", "ok");
+    // The others stay in the report, skipped, saying why.
+    let one = run.assert_outcome("one", "skipped");
+    assert_eq!(one["message"], "skipped: not selected (--only two)");
+    assert_eq!(one["attempts"], 0);
 }
 
 #[test]

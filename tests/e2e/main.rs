@@ -7,6 +7,7 @@ mod support;
 mod cache;
 mod cli;
 mod grants;
+mod graph;
 mod limits;
 mod manifest_errors;
 mod policy;

@@ -5,6 +5,7 @@
 
 mod commands;
 mod logging;
+mod render;
 
 // See Cargo.toml: musl's own allocator costs start-up time and makes
 // compiling plugins 2-3x slower.
@@ -92,8 +93,8 @@ fn error_code(e: &anyhow::Error) -> i32 {
         .is_some()
         || e.downcast_ref::<commands::UsageError>().is_some()
     {
-        lifehook_runtime::EXIT_INVALID
+        render::EXIT_INVALID
     } else {
-        lifehook_runtime::EXIT_INTERNAL
+        render::EXIT_INTERNAL
     }
 }

@@ -9,9 +9,21 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+/// How serious a diagnostic is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// The file cannot be used as it is.
+    Error,
+    /// The file works, but probably not as meant (a budget that does not
+    /// fit the grace period, say). `check` reports these; `run` logs them.
+    Warning,
+}
+
 /// One problem found in a pipeline file, located to the byte.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
+    /// Error or warning.
+    pub severity: Severity,
     /// The pipeline file.
     pub path: PathBuf,
     /// 1-based line of the offending value.
@@ -41,6 +53,7 @@ impl Diagnostic {
         let end = span.end.clamp(start, line_end);
         let width = source[start..end].chars().count().max(1);
         Diagnostic {
+            severity: Severity::Error,
             path: path.to_path_buf(),
             line: source[..start].matches('\n').count() + 1,
             column,
@@ -49,6 +62,12 @@ impl Diagnostic {
             source_line: source_line.to_owned(),
             width,
         }
+    }
+
+    /// Makes this a warning.
+    pub fn warning(mut self) -> Self {
+        self.severity = Severity::Warning;
+        self
     }
 
     /// Adds a hint on how to fix the problem.
@@ -72,7 +91,11 @@ impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let number = self.line.to_string();
         let pad = " ".repeat(number.len());
-        writeln!(f, "error: {}", self.message)?;
+        let label = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        writeln!(f, "{label}: {}", self.message)?;
         writeln!(
             f,
             "{pad}--> {}:{}:{}",
@@ -101,17 +124,24 @@ pub struct Diagnostics(pub Vec<Diagnostic>);
 
 impl fmt::Display for Diagnostics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, d) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("\n\n")?;
-            }
-            write!(f, "{d}")?;
-        }
-        if self.0.len() > 1 {
-            write!(f, "\n\n{} problems found", self.0.len())?;
-        }
-        Ok(())
+        f.write_str(&render_problems(&self.0))
     }
+}
+
+/// The one way lifehook lists problems, whatever found them: each problem
+/// in its own paragraph, then a count when there is more than one.
+pub fn render_problems<T: fmt::Display>(problems: &[T]) -> String {
+    let mut out = String::new();
+    for (i, p) in problems.iter().enumerate() {
+        if i > 0 {
+            out.push_str("\n\n");
+        }
+        out.push_str(&p.to_string());
+    }
+    if problems.len() > 1 {
+        out.push_str(&format!("\n\n{} problems found", problems.len()));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -129,6 +159,16 @@ mod tests {
             text,
             "error: bad value\n --> p.toml:2:6\n  |\n2 | bb = \"x\"\n  |      ^^^\n  = help: write it right"
         );
+    }
+
+    #[test]
+    fn problems_are_counted_only_when_several() {
+        assert_eq!(render_problems(&["error: a"]), "error: a");
+        assert_eq!(
+            render_problems(&["error: a", "error: b"]),
+            "error: a\n\nerror: b\n\n2 problems found"
+        );
+        assert_eq!(render_problems::<&str>(&[]), "");
     }
 
     #[test]

@@ -8,6 +8,96 @@ use serde::Serialize;
 
 use crate::schema::Access;
 
+/// Why a grant entry was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GrantError {
+    /// A scheme other than http or https.
+    #[error("unsupported scheme `{scheme}` in HTTP grant {text:?}: use http or https")]
+    Scheme {
+        /// The entry as written.
+        text: String,
+        /// The scheme found.
+        scheme: String,
+    },
+    /// An HTTP grant with a path.
+    #[error("HTTP grant {text:?} has a path `{path}`: grants are per origin; drop the path")]
+    Path {
+        /// The entry as written.
+        text: String,
+        /// The path found.
+        path: String,
+    },
+    /// An HTTP grant with `user@`.
+    #[error("HTTP grant {text:?} has user info: grant the origin only")]
+    UserInfo {
+        /// The entry as written.
+        text: String,
+    },
+    /// A TCP grant without a port.
+    #[error("TCP grant {text:?} has no port: write `host:port`, like \"redis:6379\"")]
+    NoPort {
+        /// The entry as written.
+        text: String,
+    },
+    /// The host or port part is malformed.
+    #[error("invalid {kind} grant {text:?}: {why}")]
+    Address {
+        /// `HTTP` or `TCP`.
+        kind: &'static str,
+        /// The entry as written.
+        text: String,
+        /// What is wrong with it.
+        why: AddressError,
+    },
+}
+
+impl GrantError {
+    /// How to write the entry instead.
+    pub fn help(&self) -> &'static str {
+        match self {
+            GrantError::NoPort { .. } => {
+                "TCP grants name one address: \"redis.default.svc:6379\" or \"[::1]:6379\""
+            }
+            GrantError::Address { kind: "TCP", .. } => {
+                "write `host:port`, like \"redis.default.svc:6379\" or \"[::1]:6379\""
+            }
+            _ => "write an origin like \"https://api.example.com\" or \"http://127.0.0.1:8080\"",
+        }
+    }
+}
+
+/// What is wrong with the host or port of a grant.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    /// `[::1` without `]`.
+    #[error("an IPv6 address needs its closing `]`")]
+    UnclosedBracket,
+    /// Text after `]` that is not `:port`.
+    #[error("unexpected `{0}` after the address")]
+    TrailingText(String),
+    /// `::1:80`.
+    #[error("write IPv6 addresses in brackets, like \"[::1]:6379\"")]
+    UnbracketedIpv6,
+    /// Not 1-65535.
+    #[error("`{0}` is not a port number (1-65535)")]
+    BadPort(String),
+    /// Nothing before the port.
+    #[error("the host is empty")]
+    EmptyHost,
+    /// Bracketed, but not an IPv6 address.
+    #[error("`{0}` is not an IPv6 address")]
+    BadIpv6(String),
+    /// `*.` where wildcards are not allowed.
+    #[error("wildcards are not allowed here")]
+    WildcardNotAllowed,
+    /// `*` anywhere but a leading `*.`.
+    #[error("`*` is allowed only as a leading `*.`, like \"*.example.com\"")]
+    BadWildcard,
+    /// Characters a host name cannot have.
+    #[error("`{0}` is not a host name or IP address")]
+    BadHost(String),
+}
+
 /// The scheme of an HTTP grant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -58,33 +148,38 @@ pub struct HttpGrant {
 
 impl HttpGrant {
     /// Parses one entry; the error says what is wrong and how to write it.
-    pub fn parse(text: &str) -> Result<HttpGrant, String> {
+    pub fn parse(text: &str) -> Result<HttpGrant, GrantError> {
         let (scheme, rest) = match text.split_once("://") {
             Some((scheme, rest)) => match Scheme::parse(scheme) {
                 Some(s) => (Some(s), rest),
                 None => {
-                    return Err(format!(
-                        "unsupported scheme `{scheme}` in HTTP grant {text:?}: use http or https"
-                    ));
+                    return Err(GrantError::Scheme {
+                        text: text.to_owned(),
+                        scheme: scheme.to_owned(),
+                    });
                 }
             },
             None => (None, text),
         };
         let authority = rest.strip_suffix('/').unwrap_or(rest);
         if let Some(slash) = authority.find(['/', '?', '#']) {
-            return Err(format!(
-                "HTTP grant {text:?} has a path `{}`: grants are per origin; drop the path",
-                &authority[slash..]
-            ));
+            return Err(GrantError::Path {
+                text: text.to_owned(),
+                path: authority[slash..].to_owned(),
+            });
         }
         if authority.contains('@') {
-            return Err(format!(
-                "HTTP grant {text:?} has user info: grant the origin only"
-            ));
+            return Err(GrantError::UserInfo {
+                text: text.to_owned(),
+            });
         }
-        let (host, port) = split_host_port(authority)
-            .map_err(|why| format!("invalid HTTP grant {text:?}: {why}"))?;
-        check_host(&host, true).map_err(|why| format!("invalid HTTP grant {text:?}: {why}"))?;
+        let address = |why| GrantError::Address {
+            kind: "HTTP",
+            text: text.to_owned(),
+            why,
+        };
+        let (host, port) = split_host_port(authority).map_err(address)?;
+        check_host(&host, true).map_err(address)?;
         Ok(HttpGrant { scheme, host, port })
     }
 
@@ -136,15 +231,19 @@ pub struct TcpGrant {
 
 impl TcpGrant {
     /// Parses `host:port`; the error says how to write it.
-    pub fn parse(text: &str) -> Result<TcpGrant, String> {
-        let (host, port) =
-            split_host_port(text).map_err(|why| format!("invalid TCP grant {text:?}: {why}"))?;
-        let Some(port) = port else {
-            return Err(format!(
-                "TCP grant {text:?} has no port: write `host:port`, like \"redis:6379\""
-            ));
+    pub fn parse(text: &str) -> Result<TcpGrant, GrantError> {
+        let address = |why| GrantError::Address {
+            kind: "TCP",
+            text: text.to_owned(),
+            why,
         };
-        check_host(&host, false).map_err(|why| format!("invalid TCP grant {text:?}: {why}"))?;
+        let (host, port) = split_host_port(text).map_err(address)?;
+        let Some(port) = port else {
+            return Err(GrantError::NoPort {
+                text: text.to_owned(),
+            });
+        };
+        check_host(&host, false).map_err(address)?;
         Ok(TcpGrant { host, port })
     }
 }
@@ -176,22 +275,20 @@ fn write_host(f: &mut fmt::Formatter<'_>, host: &str) -> fmt::Result {
 }
 
 /// Splits `host`, `host:port`, `[v6]` or `[v6]:port`.
-fn split_host_port(text: &str) -> Result<(String, Option<u16>), String> {
+fn split_host_port(text: &str) -> Result<(String, Option<u16>), AddressError> {
     let (host, port) = if let Some(rest) = text.strip_prefix('[') {
-        let (host, after) = rest
-            .split_once(']')
-            .ok_or("an IPv6 address needs its closing `]`")?;
+        let (host, after) = rest.split_once(']').ok_or(AddressError::UnclosedBracket)?;
         match after {
             "" => (host, None),
             _ => match after.strip_prefix(':') {
                 Some(port) => (host, Some(port)),
-                None => return Err(format!("unexpected `{after}` after the address")),
+                None => return Err(AddressError::TrailingText(after.to_owned())),
             },
         }
     } else {
         match text.rsplit_once(':') {
             Some((host, port)) if !host.contains(':') => (host, Some(port)),
-            Some(_) => return Err("write IPv6 addresses in brackets, like \"[::1]:6379\"".into()),
+            Some(_) => return Err(AddressError::UnbracketedIpv6),
             None => (text, None),
         }
     };
@@ -199,29 +296,29 @@ fn split_host_port(text: &str) -> Result<(String, Option<u16>), String> {
         None => None,
         Some(p) => match p.parse::<u16>() {
             Ok(p) if p > 0 => Some(p),
-            _ => return Err(format!("`{p}` is not a port number (1-65535)")),
+            _ => return Err(AddressError::BadPort(p.to_owned())),
         },
     };
     Ok((host.to_ascii_lowercase(), port))
 }
 
-fn check_host(host: &str, allow_wildcard: bool) -> Result<(), String> {
+fn check_host(host: &str, allow_wildcard: bool) -> Result<(), AddressError> {
     if host.is_empty() {
-        return Err("the host is empty".into());
+        return Err(AddressError::EmptyHost);
     }
     if host.contains(':') {
         return host
             .parse::<std::net::Ipv6Addr>()
             .map(drop)
-            .map_err(|_| format!("`{host}` is not an IPv6 address"));
+            .map_err(|_| AddressError::BadIpv6(host.to_owned()));
     }
     let name = match host.strip_prefix("*.") {
         Some(rest) if allow_wildcard => rest,
-        Some(_) => return Err("wildcards are not allowed here".into()),
+        Some(_) => return Err(AddressError::WildcardNotAllowed),
         None => host,
     };
     if name.contains('*') {
-        return Err("`*` is allowed only as a leading `*.`, like \"*.example.com\"".into());
+        return Err(AddressError::BadWildcard);
     }
     let ok = name.split('.').all(|label| {
         !label.is_empty()
@@ -232,7 +329,7 @@ fn check_host(host: &str, allow_wildcard: bool) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("`{host}` is not a host name or IP address"))
+        Err(AddressError::BadHost(host.to_owned()))
     }
 }
 
@@ -274,7 +371,7 @@ mod tests {
 
     #[test]
     fn bad_http_grants_say_why() {
-        let err = |t| HttpGrant::parse(t).unwrap_err();
+        let err = |t| HttpGrant::parse(t).unwrap_err().to_string();
         assert!(err("https://x.com/path").contains("drop the path"));
         assert!(err("ftp://x.com").contains("use http or https"));
         assert!(err("x.com:99999").contains("not a port"));
@@ -296,12 +393,9 @@ mod tests {
             TcpGrant::parse("[::1]:1").map(|g| g.to_string()),
             Ok("[::1]:1".into())
         );
-        assert!(
-            TcpGrant::parse("redis")
-                .unwrap_err()
-                .contains("has no port")
-        );
-        assert!(TcpGrant::parse("::1:80").unwrap_err().contains("brackets"));
-        assert!(TcpGrant::parse("*.x:1").unwrap_err().contains("wildcards"));
+        let err = |t| TcpGrant::parse(t).unwrap_err().to_string();
+        assert!(err("redis").contains("has no port"));
+        assert!(err("::1:80").contains("brackets"));
+        assert!(err("*.x:1").contains("wildcards"));
     }
 }

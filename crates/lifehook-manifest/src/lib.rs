@@ -29,18 +29,23 @@
 //! assert_eq!(step.config, [("url".to_string(), "http://127.0.0.1:8080/bye".to_string())]);
 //! ```
 
+pub mod budget;
 pub mod diagnostic;
 pub mod grant;
+pub mod graph;
 pub mod interpolate;
+mod keys;
 pub mod plan;
 pub mod schema;
 pub mod units;
 
 use std::path::{Path, PathBuf};
 
-pub use diagnostic::{Diagnostic, Diagnostics};
-pub use grant::{DirGrant, HttpGrant, Scheme, TcpGrant};
-pub use plan::{Grants, Limits, Phase, PhaseName, Pipeline, RetryPolicy, Step};
+use serde::Deserialize as _;
+
+pub use diagnostic::{Diagnostic, Diagnostics, Severity, render_problems};
+pub use grant::{DirGrant, GrantError, HttpGrant, Scheme, TcpGrant};
+pub use plan::{Action, Grants, Limits, Phase, PhaseName, Pipeline, RetryPolicy, Step};
 pub use schema::{Access, OnFailure};
 pub use units::Fuel;
 
@@ -81,27 +86,25 @@ pub fn parse(
     env: &dyn Fn(&str) -> Option<String>,
     only: Option<PhaseName>,
 ) -> Result<Pipeline, Diagnostics> {
-    let raw: schema::RawPipeline = toml::from_str(source).map_err(|e| {
+    // The toml crate's own errors (syntax, wrong types, our unit visitors'
+    // messages) are kept as they are, located at their span.
+    let toml_error = |e: toml::de::Error| {
         let span = e.span().unwrap_or(0..0);
-        let help = toml_help(e.message());
-        let mut d = Diagnostic::new(path, source, span, e.message().trim_end());
-        if let Some(help) = help {
-            d = d.with_help(help);
-        }
-        Diagnostics(vec![d])
-    })?;
-    plan::resolve(raw, path, source, env, only)
-}
-
-/// A hint for the commonest `toml` errors; the crate's own message is kept.
-fn toml_help(message: &str) -> Option<String> {
-    if message.starts_with("unknown field") {
-        Some("check the spelling against the pipeline reference in the README".into())
-    } else if message.starts_with("missing field") {
-        Some("every step needs at least `name` and `plugin`".into())
-    } else {
-        None
+        Diagnostics(vec![Diagnostic::new(
+            path,
+            source,
+            span,
+            e.message().trim_end(),
+        )])
+    };
+    let doc = toml::de::DeTable::parse(source).map_err(toml_error)?;
+    let unknown = keys::check(&doc, path, source);
+    if !unknown.is_empty() {
+        return Err(Diagnostics(unknown));
     }
+    let raw =
+        schema::RawPipeline::deserialize(toml::de::Deserializer::from(doc)).map_err(toml_error)?;
+    plan::resolve(raw, path, source, env, only)
 }
 
 #[cfg(test)]
@@ -149,7 +152,7 @@ mod tests {
         assert_eq!(step.on_failure, OnFailure::Continue);
         assert_eq!(step.retry.attempts, 1);
         assert!(step.grants.http.is_empty() && step.grants.dirs.is_empty());
-        assert!(step.plugin.is_absolute());
+        assert!(step.plugin().is_some_and(|p| p.is_absolute()));
     }
 
     #[test]
@@ -192,6 +195,7 @@ concurrent = true
         assert_eq!(b.limits.fuel, Fuel::Unlimited);
         assert_eq!(b.on_failure, OnFailure::Continue);
         assert!(b.concurrent && !a.concurrent);
+        assert_eq!(b.after, ["a"]);
     }
 
     #[test]
@@ -271,8 +275,185 @@ allow.dirs = ["data", { host = "./state/../snap", guest = "/snap", access = "rea
     fn unknown_key_names_line_and_column() {
         let e = Fixture::new()
             .error("[[pre-stop.steps]]\nname = \"a\"\nplugin = \"p.wasm\"\ntimout = \"5s\"\n");
-        assert!(e.contains("unknown field `timout`"), "{e}");
+        assert!(
+            e.contains("unknown key `timout` in a step of [pre-stop]"),
+            "{e}"
+        );
+        assert!(e.contains("did you mean `timeout`?"), "{e}");
         assert!(e.contains("lifehook.toml:4:1"), "{e}");
+    }
+
+    #[test]
+    fn defaults_problems_are_reported_once() {
+        let e = Fixture::new().error(&format!(
+            "[defaults]\nmemory = \"1KiB\"\nretries = {{ attempts = 0 }}\n{MINIMAL}{}",
+            MINIMAL.replace("\"a\"", "\"b\"")
+        ));
+        assert_eq!(e.matches("below the 64KiB minimum").count(), 1, "{e}");
+        assert_eq!(e.matches("retries.attempts is 0").count(), 1, "{e}");
+    }
+
+    #[test]
+    fn datetimes_in_config_pass_as_written() {
+        let p = Fixture::new()
+            .parse(&format!(
+                "{MINIMAL}config = {{ since = 1979-05-27T07:32:00Z }}\n"
+            ))
+            .expect("valid");
+        assert_eq!(
+            p.phases[0].steps[0].config,
+            [("since".to_string(), "1979-05-27T07:32:00Z".to_string())]
+        );
+    }
+
+    #[test]
+    fn a_step_without_name_or_work_is_explained() {
+        let e = Fixture::new()
+            .error("[[pre-stop.steps]]\nplugin = \"p.wasm\"\n\n[[pre-stop.steps]]\nname = \"b\"\n");
+        assert!(e.contains("a step of [pre-stop] has no `name`"), "{e}");
+        assert!(
+            e.contains("step `b` has neither `plugin` nor `sleep`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn sleep_steps_wait_and_refuse_plugin_keys() {
+        let f = Fixture::new();
+        let p = f
+            .parse("[[pre-stop.steps]]\nname = \"wait\"\nsleep = \"5s\"\n")
+            .expect("valid");
+        let step = &p.phases[0].steps[0];
+        assert_eq!(step.action, Action::Sleep(Duration::from_secs(5)));
+        assert_eq!(step.limits.timeout, Duration::from_secs(5));
+        let e = f.error("[[pre-stop.steps]]\nname = \"wait\"\nsleep = \"5s\"\ntimeout = \"1s\"\nconfig = { a = 1 }\n");
+        assert!(
+            e.contains("`timeout` has no effect on a `sleep` step"),
+            "{e}"
+        );
+        assert!(
+            e.contains("`config` has no effect on a `sleep` step"),
+            "{e}"
+        );
+    }
+
+    const GRAPH: &str = r#"
+[[pre-stop.steps]]
+name = "a"
+plugin = "p.wasm"
+
+[[pre-stop.steps]]
+name = "b"
+plugin = "p.wasm"
+concurrent = true
+
+[[pre-stop.steps]]
+name = "c"
+plugin = "p.wasm"
+concurrent = true
+
+[[pre-stop.steps]]
+name = "d"
+plugin = "p.wasm"
+
+[[pre-stop.steps]]
+name = "e"
+plugin = "p.wasm"
+needs = ["a"]
+always = true
+tags = ["cleanup"]
+"#;
+
+    #[test]
+    fn concurrent_is_sugar_for_the_graph_it_describes() {
+        let p = Fixture::new().parse(GRAPH).expect("valid");
+        let deps: Vec<(&str, Vec<String>, Vec<String>)> = p.phases[0]
+            .steps
+            .iter()
+            .map(|s| (s.name.as_str(), s.needs.clone(), s.after.clone()))
+            .collect();
+        let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            deps,
+            [
+                ("a", v(&[]), v(&[])),
+                ("b", v(&[]), v(&["a"])),
+                ("c", v(&[]), v(&["a"])),
+                ("d", v(&[]), v(&["b", "c"])),
+                ("e", v(&["a"]), v(&[])),
+            ]
+        );
+        let e = &p.phases[0].steps[4];
+        assert!(e.always);
+        assert_eq!(e.tags, ["cleanup"]);
+    }
+
+    #[test]
+    fn graph_mistakes_are_located() {
+        let f = Fixture::new();
+        let unknown = f.error(&GRAPH.replace("needs = [\"a\"]", "needs = [\"zz\"]"));
+        assert!(
+            unknown.contains("step `e` needs `zz`, which is not a step of [pre-stop]"),
+            "{unknown}"
+        );
+        assert!(unknown.contains("lifehook.toml:23:10"), "{unknown}");
+        let itself = f.error(&GRAPH.replace("needs = [\"a\"]", "needs = [\"e\"]"));
+        assert!(itself.contains("step `e` needs itself"), "{itself}");
+        // `a` needs `e`; `e` needs `d`, which runs after `b` and `c`, which run after `a`.
+        let cycle = f.error(
+            &GRAPH
+                .replace("needs = [\"a\"]", "needs = [\"d\"]")
+                .replacen(
+                    "plugin = \"p.wasm\"\n",
+                    "plugin = \"p.wasm\"\nneeds = [\"e\"]\n",
+                    1,
+                ),
+        );
+        assert!(cycle.contains("wait for each other"), "{cycle}");
+        assert!(cycle.contains("runs after"), "{cycle}");
+        assert!(cycle.contains("lifehook.toml:5:10"), "{cycle}");
+        let both = f.error(&GRAPH.replace("always = true", "concurrent = true"));
+        assert!(
+            both.contains("step `e` has both `needs` and `concurrent`"),
+            "{both}"
+        );
+    }
+
+    #[test]
+    fn budget_findings_name_what_does_not_fit() {
+        let f = Fixture::new();
+        let p = f
+            .parse("[pre-stop]\ndeadline = \"5s\"\ngrace-period = \"6s\"\nreserve = \"3s\"\n[[pre-stop.steps]]\nname = \"a\"\nplugin = \"p.wasm\"\ntimeout = \"4s\"\nretries = { attempts = 2 }\n[[pre-stop.steps]]\nname = \"z\"\nplugin = \"p.wasm\"\ntimeout = \"5s\"\nalways = true\n")
+            .expect("valid");
+        let text: Vec<String> = p.findings.iter().map(|d| d.to_string()).collect();
+        assert_eq!(text.len(), 3, "{text:#?}");
+        assert!(text[0].contains("need 5s in reserve"), "{}", text[0]);
+        assert!(
+            text[1].contains("do not fit in the grace period of 6s"),
+            "{}",
+            text[1]
+        );
+        assert!(text[1].contains("at most 3s"), "{}", text[1]);
+        assert!(
+            text[2].starts_with("warning: the worst case of [pre-stop] is 13.20s"),
+            "{}",
+            text[2]
+        );
+        assert!(
+            text.iter().all(|t| t.contains("lifehook.toml:2:12")),
+            "{text:#?}"
+        );
+    }
+
+    #[test]
+    fn the_grace_period_sets_the_default_deadline() {
+        let p = Fixture::new()
+            .parse(&format!(
+                "[pre-stop]\ngrace-period = \"60s\"\nreserve = \"15s\"\n{MINIMAL}"
+            ))
+            .expect("valid");
+        assert_eq!(p.phases[0].deadline, Duration::from_secs(45));
+        assert!(p.findings.is_empty(), "{:?}", p.findings);
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! The resolved pipeline: absolute paths, concrete limits, parsed grants and
-//! interpolated strings. The runtime takes these types and never re-parses a
-//! string.
+//! The resolved pipeline: absolute paths, concrete limits, parsed grants,
+//! interpolated strings and a checked step graph. The runtime takes these
+//! types and never re-parses a string.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -13,9 +13,7 @@ use toml::Spanned;
 use crate::diagnostic::{Diagnostic, Diagnostics};
 use crate::grant::{DirGrant, HttpGrant, TcpGrant};
 use crate::interpolate::{interpolate, is_env_name};
-use crate::schema::{
-    ConfigValue, OnFailure, RawDefaults, RawPhase, RawPipeline, RawRetries, RawStep,
-};
+use crate::schema::{OnFailure, RawDefaults, RawPhase, RawPipeline, RawRetries, RawStep};
 use crate::units::Fuel;
 
 /// Wall-time limit of one attempt when neither the step nor `[defaults]` sets one.
@@ -32,10 +30,15 @@ pub const DEFAULT_OUTPUT_LIMIT: u64 = 64 << 10;
 pub const DEFAULT_PRE_STOP_DEADLINE: Duration = Duration::from_secs(20);
 /// The `post-start` deadline by default.
 pub const DEFAULT_POST_START_DEADLINE: Duration = Duration::from_secs(30);
+/// What the application is assumed to need after pre-stop when a
+/// `grace-period` is given without a `reserve`: the kubelet's own minimum.
+pub const DEFAULT_APP_RESERVE: Duration = Duration::from_secs(2);
 /// Smallest accepted memory limit: one WebAssembly page.
 const MIN_MEMORY: u64 = 64 << 10;
 /// Most attempts a retry policy may ask for.
 const MAX_ATTEMPTS: i64 = 100;
+/// Most steps a phase may run at once.
+const MAX_CONCURRENCY: i64 = 1024;
 
 /// The lifecycle phase a pipeline section belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -70,6 +73,12 @@ pub struct Pipeline {
     pub path: PathBuf,
     /// The phases resolved (those asked for and present in the file).
     pub phases: Vec<Phase>,
+    /// `[state] dir`, absolute, when the file sets it.
+    pub state_dir: Option<PathBuf>,
+    /// Budget findings: the file is valid, but its time budget does not fit
+    /// (errors: `check` fails, `run` warns) or may not fit (warnings).
+    #[serde(skip)]
+    pub findings: Vec<Diagnostic>,
 }
 
 impl Pipeline {
@@ -87,8 +96,34 @@ pub struct Phase {
     /// The whole phase never outlives this.
     #[serde(with = "millis")]
     pub deadline: Duration,
+    /// The pod's grace period, when the file gives it (pre-stop only).
+    #[serde(with = "opt_millis")]
+    pub grace_period: Option<Duration>,
+    /// Time the application needs after the phase, when the file gives it.
+    #[serde(with = "opt_millis")]
+    pub reserve: Option<Duration>,
+    /// Most steps running at once.
+    pub max_concurrency: usize,
     /// The steps in file order.
     pub steps: Vec<Step>,
+}
+
+impl Phase {
+    /// The step called `name`.
+    pub fn step(&self, name: &str) -> Option<&Step> {
+        self.steps.iter().find(|s| s.name == name)
+    }
+}
+
+/// What a step does.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// Runs this plugin component (an absolute path).
+    Plugin(PathBuf),
+    /// Waits this long (the built-in `sleep` step).
+    #[serde(with = "millis")]
+    Sleep(Duration),
 }
 
 /// One step, ready to run.
@@ -96,16 +131,26 @@ pub struct Phase {
 pub struct Step {
     /// Unique within its phase.
     pub name: String,
-    /// The plugin component, absolute.
-    pub plugin: PathBuf,
+    /// The plugin it runs, or the wait it makes.
+    #[serde(flatten)]
+    pub action: Action,
     /// Fuel, time, memory and output limits of one attempt.
     pub limits: Limits,
     /// What failing does to the rest of the phase.
     pub on_failure: OnFailure,
     /// How retryable failures are retried.
     pub retry: RetryPolicy,
-    /// Runs together with neighbouring concurrent steps.
+    /// Written with `concurrent = true` (already part of `after`).
     pub concurrent: bool,
+    /// Steps that must succeed before this one starts (`needs`).
+    pub needs: Vec<String>,
+    /// Steps that must finish, however they end, before this one starts:
+    /// the file-order default for a step without `needs`.
+    pub after: Vec<String>,
+    /// Runs even after an abort, a failed need or a deadline cut.
+    pub always: bool,
+    /// Labels for selecting steps on the command line.
+    pub tags: Vec<String>,
     /// What the step may reach.
     pub grants: Grants,
     /// `wasi:config/store` keys and values, flattened and interpolated.
@@ -114,6 +159,21 @@ pub struct Step {
     pub args: Vec<String>,
     /// Environment variables set for the plugin (fixed values).
     pub env: Vec<(String, String)>,
+}
+
+impl Step {
+    /// The plugin file, unless this is a `sleep` step.
+    pub fn plugin(&self) -> Option<&Path> {
+        match &self.action {
+            Action::Plugin(path) => Some(path),
+            Action::Sleep(_) => None,
+        }
+    }
+
+    /// Every step this one waits for: its `needs`, then its `after`.
+    pub fn waits_for(&self) -> impl Iterator<Item = &str> {
+        self.needs.iter().chain(&self.after).map(String::as_str)
+    }
 }
 
 /// Limits of one attempt of a step.
@@ -184,7 +244,18 @@ mod millis {
     use std::time::Duration;
 
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u128(d.as_millis())
+        s.serialize_u64(d.as_millis().try_into().unwrap_or(u64::MAX))
+    }
+}
+
+mod opt_millis {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::millis::serialize(d, s),
+            None => s.serialize_none(),
+        }
     }
 }
 
@@ -195,6 +266,17 @@ fn fuel_json<S: serde::Serializer>(f: &Fuel, s: S) -> Result<S::Ok, S::Error> {
     }
 }
 
+/// `[defaults]`, checked once.
+struct Defaults {
+    timeout: Duration,
+    fuel: Fuel,
+    memory: u64,
+    output: u64,
+    on_failure: OnFailure,
+    retry: RetryPolicy,
+    max_concurrency: usize,
+}
+
 /// Collects diagnostics while resolving one file.
 struct Resolver<'a> {
     path: &'a Path,
@@ -202,6 +284,7 @@ struct Resolver<'a> {
     base_dir: PathBuf,
     env: &'a dyn Fn(&str) -> Option<String>,
     problems: Vec<Diagnostic>,
+    findings: Vec<Diagnostic>,
 }
 
 /// Resolves the phases in `only` (or all) of a parsed file.
@@ -223,7 +306,15 @@ pub(crate) fn resolve(
         base_dir,
         env,
         problems: Vec::new(),
+        findings: Vec::new(),
     };
+    let defaults = r.defaults(&raw.defaults);
+    let state_dir = raw
+        .state
+        .dir
+        .as_ref()
+        .and_then(|d| r.text(d))
+        .map(|d| normalize(&r.base_dir.join(d)));
     let mut phases = Vec::new();
     for (name, raw_phase) in [
         (PhaseName::PreStop, raw.pre_stop),
@@ -233,7 +324,7 @@ pub(crate) fn resolve(
             continue;
         }
         if let Some(raw_phase) = raw_phase {
-            phases.push(r.phase(name, raw_phase, &raw.defaults));
+            phases.push(r.phase(name, raw_phase, &defaults));
         }
     }
     r.problems.sort_by_key(|d| (d.line, d.column));
@@ -241,6 +332,8 @@ pub(crate) fn resolve(
         Ok(Pipeline {
             path: path.to_path_buf(),
             phases,
+            state_dir,
+            findings: r.findings,
         })
     } else {
         Err(Diagnostics(r.problems))
@@ -248,11 +341,21 @@ pub(crate) fn resolve(
 }
 
 impl Resolver<'_> {
-    fn problem<T>(&mut self, at: &Spanned<T>, message: impl Into<String>, help: Option<String>) {
+    fn diagnostic<T>(
+        &self,
+        at: &Spanned<T>,
+        message: impl Into<String>,
+        help: Option<String>,
+    ) -> Diagnostic {
         let mut d = Diagnostic::new(self.path, self.source, at.span(), message);
         if let Some(help) = help {
             d = d.with_help(help);
         }
+        d
+    }
+
+    fn problem<T>(&mut self, at: &Spanned<T>, message: impl Into<String>, help: Option<String>) {
+        let d = self.diagnostic(at, message, help);
         self.problems.push(d);
     }
 
@@ -267,79 +370,204 @@ impl Resolver<'_> {
         }
     }
 
-    fn phase(&mut self, name: PhaseName, raw: RawPhase, defaults: &RawDefaults) -> Phase {
-        let deadline = raw.deadline.map(|d| d.0).unwrap_or(match name {
-            PhaseName::PreStop => DEFAULT_PRE_STOP_DEADLINE,
-            PhaseName::PostStart => DEFAULT_POST_START_DEADLINE,
-        });
-        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-        let mut steps = Vec::with_capacity(raw.steps.len());
-        for raw_step in raw.steps {
-            let raw_step = raw_step.into_inner();
-            let name_value = raw_step.name.get_ref().clone();
-            if let Some(first_line) = seen.get(&name_value) {
+    fn defaults(&mut self, raw: &RawDefaults) -> Defaults {
+        let max_concurrency = match &raw.max_concurrency {
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            Some(n) if (1..=MAX_CONCURRENCY).contains(n.get_ref()) => *n.get_ref() as usize,
+            Some(n) => {
                 self.problem(
-                    &raw_step.name,
-                    format!("duplicate step name `{name_value}` in [{name}]"),
-                    Some(format!(
-                        "the first step with this name is on line {first_line}; step names must be unique within a phase"
-                    )),
+                    n,
+                    format!(
+                        "max-concurrency is {}, expected 1 to {MAX_CONCURRENCY}",
+                        n.get_ref()
+                    ),
+                    Some("1 runs one step at a time; the default is the number of CPUs".into()),
                 );
-            } else {
-                let line = self.source[..raw_step.name.span().start]
-                    .matches('\n')
-                    .count()
-                    + 1;
-                seen.insert(name_value, line);
+                1
             }
-            steps.push(self.step(raw_step, defaults));
-        }
-        Phase {
-            name,
-            deadline,
-            steps,
+        };
+        Defaults {
+            timeout: raw
+                .timeout
+                .as_ref()
+                .map_or(DEFAULT_TIMEOUT, |t| t.get_ref().0),
+            fuel: raw.fuel.unwrap_or(Fuel::Limited(DEFAULT_FUEL)),
+            memory: raw
+                .memory
+                .as_ref()
+                .map_or(DEFAULT_MEMORY, |m| self.memory(m)),
+            output: raw.output_limit.map_or(DEFAULT_OUTPUT_LIMIT, |s| s.0),
+            on_failure: raw.on_failure.unwrap_or(OnFailure::Continue),
+            retry: raw
+                .retries
+                .as_ref()
+                .map_or_else(RetryPolicy::default, |r| self.retries(r)),
+            max_concurrency,
         }
     }
 
-    fn step(&mut self, raw: RawStep, defaults: &RawDefaults) -> Step {
-        let name = raw.name.get_ref().clone();
-        if !is_step_name(&name) {
-            self.problem(
-                &raw.name,
-                format!("invalid step name {name:?}"),
-                Some(
-                    "use 1-64 letters, digits, `-`, `_` or `.`, starting with a letter or digit"
-                        .into(),
-                ),
-            );
-        }
-        let plugin = self.plugin(&raw.plugin);
-        let timeout = raw.timeout.as_ref().or(defaults.timeout.as_ref());
-        let memory = raw.memory.as_ref().or(defaults.memory.as_ref());
-        if let Some(m) = memory.filter(|m| m.get_ref().0 < MIN_MEMORY) {
+    fn memory(&mut self, m: &Spanned<crate::units::SizeValue>) -> u64 {
+        if m.get_ref().0 < MIN_MEMORY {
             self.problem(
                 m,
                 format!("memory limit {} is below the 64KiB minimum", m.get_ref()),
                 Some("a WebAssembly page is 64KiB; most plugins need a few MiB".into()),
             );
         }
+        m.get_ref().0
+    }
+
+    fn phase(
+        &mut self,
+        name: PhaseName,
+        raw: Spanned<RawPhase>,
+        defaults: &Defaults,
+    ) -> Phase {
+        let phase_span = raw.span();
+        let raw = raw.into_inner();
+        if name == PhaseName::PostStart {
+            for key in [&raw.grace_period, &raw.reserve].into_iter().flatten() {
+                self.problem(
+                    key,
+                    "`grace-period` and `reserve` belong to [pre-stop]",
+                    Some("the pod's grace period bounds only the preStop hook; post-start has just its `deadline`".into()),
+                );
+            }
+        }
+        let grace_period = raw.grace_period.as_ref().map(|g| g.get_ref().0);
+        let reserve = raw.reserve.as_ref().map(|r| r.get_ref().0);
+        let deadline = match (&raw.deadline, grace_period) {
+            (Some(d), _) => d.get_ref().0,
+            // With the grace period known, the deadline defaults to what the
+            // application's reserve leaves of it.
+            (None, Some(grace)) => grace
+                .saturating_sub(reserve.unwrap_or(DEFAULT_APP_RESERVE))
+                .max(Duration::from_secs(1)),
+            (None, None) => match name {
+                PhaseName::PreStop => DEFAULT_PRE_STOP_DEADLINE,
+                PhaseName::PostStart => DEFAULT_POST_START_DEADLINE,
+            },
+        };
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        let mut steps = Vec::with_capacity(raw.steps.len());
+        let mut spans = Vec::with_capacity(raw.steps.len());
+        for raw_step in raw.steps {
+            let step_span = raw_step.span();
+            let raw_step = raw_step.into_inner();
+            let Some(step_name) = raw_step.name.clone() else {
+                self.problem(
+                    &Spanned::new(step_span, ()),
+                    format!("a step of [{name}] has no `name`"),
+                    Some(
+                        "every step needs a `name`, unique in its phase, like name = \"notify\""
+                            .into(),
+                    ),
+                );
+                continue;
+            };
+            let name_value = step_name.get_ref().clone();
+            if let Some(first_line) = seen.get(&name_value) {
+                self.problem(
+                    &step_name,
+                    format!("duplicate step name `{name_value}` in [{name}]"),
+                    Some(format!(
+                        "the first step with this name is on line {first_line}; step names must be unique within a phase"
+                    )),
+                );
+            } else {
+                let line = self.source[..step_name.span().start].matches('\n').count() + 1;
+                seen.insert(name_value, line);
+            }
+            let step = self.step(&raw_step, &step_name, step_span.clone(), defaults);
+            spans.push(StepSpans {
+                name: step_name,
+                needs: raw_step.needs,
+                concurrent: raw_step.concurrent,
+            });
+            steps.push(step);
+        }
+        let mut phase = Phase {
+            name,
+            deadline,
+            grace_period,
+            reserve,
+            max_concurrency: defaults.max_concurrency,
+            steps,
+        };
+        let graph_ok = self.graph(&mut phase, &spans);
+        if graph_ok && self.problems.is_empty() {
+            let deadline_at = match &raw.deadline {
+                Some(d) => self.diagnostic(d, "", None),
+                None => self.diagnostic(&Spanned::new(phase_span, ()), "", None),
+            };
+            self.findings
+                .extend(crate::budget::findings(&phase, deadline_at));
+        }
+        phase
+    }
+
+    fn step(
+        &mut self,
+        raw: &RawStep,
+        name: &Spanned<String>,
+        span: std::ops::Range<usize>,
+        defaults: &Defaults,
+    ) -> Step {
+        if !is_step_name(name.get_ref()) {
+            self.problem(
+                name,
+                format!("invalid step name {:?}", name.get_ref()),
+                Some(
+                    "use 1-64 letters, digits, `-`, `_` or `.`, starting with a letter or digit"
+                        .into(),
+                ),
+            );
+        }
+        let action = match (&raw.plugin, &raw.sleep) {
+            (Some(plugin), None) => Action::Plugin(self.plugin(plugin)),
+            (None, Some(sleep)) => {
+                self.sleep_only(raw);
+                Action::Sleep(sleep.get_ref().0)
+            }
+            (Some(plugin), Some(_)) => {
+                self.problem(
+                    plugin,
+                    format!("step `{}` has both `plugin` and `sleep`", name.get_ref()),
+                    Some("a step either runs a plugin or waits; split it into two steps".into()),
+                );
+                Action::Plugin(PathBuf::new())
+            }
+            (None, None) => {
+                self.problem(
+                    &Spanned::new(span, ()),
+                    format!("step `{}` has neither `plugin` nor `sleep`", name.get_ref()),
+                    Some("give it a plugin (plugin = \"plugins/notify.wasm\") or make it a wait (sleep = \"5s\")".into()),
+                );
+                Action::Plugin(PathBuf::new())
+            }
+        };
+        let timeout = match &action {
+            Action::Sleep(d) => *d,
+            Action::Plugin(_) => raw
+                .timeout
+                .as_ref()
+                .map_or(defaults.timeout, |t| t.get_ref().0),
+        };
         let limits = Limits {
-            timeout: timeout.map_or(DEFAULT_TIMEOUT, |t| t.get_ref().0),
-            fuel: raw
-                .fuel
-                .or(defaults.fuel)
-                .unwrap_or(Fuel::Limited(DEFAULT_FUEL)),
-            memory: memory.map_or(DEFAULT_MEMORY, |m| m.get_ref().0),
-            output: raw
-                .output_limit
-                .or(defaults.output_limit)
-                .map_or(DEFAULT_OUTPUT_LIMIT, |s| s.0),
+            timeout,
+            fuel: raw.fuel.unwrap_or(defaults.fuel),
+            memory: raw
+                .memory
+                .as_ref()
+                .map_or(defaults.memory, |m| self.memory(m)),
+            output: raw.output_limit.map_or(defaults.output, |s| s.0),
         };
-        let retry = match raw.retries.as_ref().or(defaults.retries.as_ref()) {
-            Some(r) => self.retries(r),
-            None => RetryPolicy::default(),
+        let retry = match (&action, &raw.retries) {
+            (Action::Sleep(_), _) => RetryPolicy::default(),
+            (_, Some(r)) => self.retries(r),
+            (_, None) => defaults.retry,
         };
-        let grants = self.grants(&raw);
+        let grants = self.grants(raw);
         let args = raw.args.iter().filter_map(|a| self.text(a)).collect();
         let mut env = Vec::new();
         for (key, value) in &raw.env {
@@ -359,22 +587,80 @@ impl Resolver<'_> {
         }
         let mut config = Vec::new();
         for (key, value) in &raw.config {
-            self.flatten_config(key.clone(), value, &mut config);
+            self.flatten_config(key.clone(), value.span(), value.get_ref(), &mut config);
+        }
+        let mut tags: Vec<String> = Vec::new();
+        for tag in &raw.tags {
+            if !is_step_name(tag.get_ref()) {
+                self.problem(
+                    tag,
+                    format!("invalid tag {:?}", tag.get_ref()),
+                    Some("tags are like step names: 1-64 letters, digits, `-`, `_` or `.`".into()),
+                );
+            } else if !tags.contains(tag.get_ref()) {
+                tags.push(tag.get_ref().clone());
+            }
         }
         Step {
-            name,
-            plugin,
+            name: name.get_ref().clone(),
+            action,
             limits,
-            on_failure: raw
-                .on_failure
-                .or(defaults.on_failure)
-                .unwrap_or(OnFailure::Continue),
+            on_failure: raw.on_failure.unwrap_or(defaults.on_failure),
             retry,
-            concurrent: raw.concurrent,
+            concurrent: raw.concurrent.as_ref().is_some_and(|c| *c.get_ref()),
+            needs: Vec::new(),
+            after: Vec::new(),
+            always: raw.always.as_ref().is_some_and(|a| *a.get_ref()),
+            tags,
             grants,
             config,
             args,
             env,
+        }
+    }
+
+    /// A `sleep` step runs no plugin: keys that only mean something to a
+    /// plugin are mistakes.
+    fn sleep_only(&mut self, raw: &RawStep) {
+        let mut spans: Vec<(&str, std::ops::Range<usize>)> = Vec::new();
+        if let Some(t) = &raw.timeout {
+            spans.push(("timeout", t.span()));
+        }
+        if let Some(m) = &raw.memory {
+            spans.push(("memory", m.span()));
+        }
+        if let Some(r) = &raw.retries {
+            spans.push(("retries", r.span()));
+        }
+        if let Some(a) = raw.args.first() {
+            spans.push(("args", a.span()));
+        }
+        if let Some((k, _)) = raw.env.iter().next() {
+            spans.push(("env", k.span()));
+        }
+        if let Some((_, v)) = raw.config.iter().next() {
+            spans.push(("config", v.span()));
+        }
+        let allow = &raw.allow;
+        if let Some(g) = allow
+            .http
+            .first()
+            .or(allow.tcp.first())
+            .or(allow.env.first())
+        {
+            spans.push(("allow", g.span()));
+        } else if let Some(d) = allow.dirs.first() {
+            spans.push(("allow", d.span()));
+        }
+        for (key, span) in spans {
+            self.problem(
+                &Spanned::new(span, ()),
+                format!("`{key}` has no effect on a `sleep` step"),
+                Some(
+                    "a sleep step only waits; its `sleep` is also its timeout. Remove the key"
+                        .into(),
+                ),
+            );
         }
     }
 
@@ -442,11 +728,7 @@ impl Resolver<'_> {
             if let Some(text) = self.text(entry) {
                 match HttpGrant::parse(&text) {
                     Ok(g) => grants.http.push(g),
-                    Err(why) => self.problem(
-                        entry,
-                        why,
-                        Some("write an origin like \"https://api.example.com\" or \"http://127.0.0.1:8080\"".into()),
-                    ),
+                    Err(e) => self.problem(entry, e.to_string(), Some(e.help().into())),
                 }
             }
         }
@@ -454,7 +736,7 @@ impl Resolver<'_> {
             if let Some(text) = self.text(entry) {
                 match TcpGrant::parse(&text) {
                     Ok(g) => grants.tcp.push(g),
-                    Err(why) => self.problem(entry, why, None),
+                    Err(e) => self.problem(entry, e.to_string(), Some(e.help().into())),
                 }
             }
         }
@@ -475,8 +757,7 @@ impl Resolver<'_> {
                 }
                 None => None,
             };
-            let host_path = self.base_dir.join(&host);
-            let host_path = normalize(&host_path);
+            let host_path = normalize(&self.base_dir.join(&host));
             let guest = guest.unwrap_or_else(|| host_path.to_string_lossy().into_owned());
             if !guest.starts_with('/') {
                 self.problem(
@@ -509,24 +790,27 @@ impl Resolver<'_> {
         grants
     }
 
+    /// Flattens one `[config]` value. Nested values carry no span of their
+    /// own, so their problems point at the top-level key's value.
     fn flatten_config(
         &mut self,
         key: String,
-        value: &Spanned<ConfigValue>,
+        span: std::ops::Range<usize>,
+        value: &toml::Value,
         out: &mut Vec<(String, String)>,
     ) {
-        match value.get_ref() {
-            ConfigValue::Table(table) => {
+        match value {
+            toml::Value::Table(table) => {
                 for (k, v) in table {
-                    self.flatten_config(format!("{key}.{k}"), v, out);
+                    self.flatten_config(format!("{key}.{k}"), span.clone(), v, out);
                 }
             }
-            ConfigValue::Array(items) => {
+            toml::Value::Array(items) => {
                 let mut lines = Vec::with_capacity(items.len());
                 for item in items {
-                    match self.scalar(item) {
+                    match self.scalar(span.clone(), item) {
                         Some(text) if text.contains('\n') => self.problem(
-                            item,
+                            &Spanned::new(span.clone(), ()),
                             "array items in [config] cannot contain line breaks",
                             Some("arrays reach the plugin one item per line; use a plain string for multi-line text".into()),
                         ),
@@ -537,26 +821,23 @@ impl Resolver<'_> {
                 out.push((key, lines.join("\n")));
             }
             _ => {
-                if let Some(text) = self.scalar(value) {
+                if let Some(text) = self.scalar(span, value) {
                     out.push((key, text));
                 }
             }
         }
     }
 
-    fn scalar(&mut self, value: &Spanned<ConfigValue>) -> Option<String> {
-        match value.get_ref() {
-            ConfigValue::String(s) => {
-                let spanned = Spanned::new(value.span(), s.clone());
-                self.text(&spanned)
-            }
-            ConfigValue::Integer(i) => Some(i.to_string()),
-            ConfigValue::Float(f) => Some(f.to_string()),
-            ConfigValue::Boolean(b) => Some(b.to_string()),
-            ConfigValue::Datetime(d) => Some(d.clone()),
-            ConfigValue::Array(_) | ConfigValue::Table(_) => {
+    fn scalar(&mut self, span: std::ops::Range<usize>, value: &toml::Value) -> Option<String> {
+        match value {
+            toml::Value::String(s) => self.text(&Spanned::new(span, s.clone())),
+            toml::Value::Integer(i) => Some(i.to_string()),
+            toml::Value::Float(f) => Some(f.to_string()),
+            toml::Value::Boolean(b) => Some(b.to_string()),
+            toml::Value::Datetime(d) => Some(d.to_string()),
+            toml::Value::Array(_) | toml::Value::Table(_) => {
                 self.problem(
-                    value,
+                    &Spanned::new(span, ()),
                     "nested arrays and tables inside arrays are not supported in [config]",
                     Some("use an array of strings, numbers or booleans, or a table of them".into()),
                 );
@@ -566,9 +847,28 @@ impl Resolver<'_> {
     }
 }
 
+/// The spans of a step's graph keys, kept for locating graph problems.
+pub(crate) struct StepSpans {
+    pub(crate) name: Spanned<String>,
+    pub(crate) needs: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) concurrent: Option<Spanned<bool>>,
+}
+
+impl Resolver<'_> {
+    /// Resolves `needs` and the file-order default into each step's
+    /// `needs` and `after`, and rejects unknown names, self-references,
+    /// `needs` beside `concurrent`, and cycles. True when the graph is valid.
+    fn graph(&mut self, phase: &mut Phase, spans: &[StepSpans]) -> bool {
+        let before = self.problems.len();
+        let problems = crate::graph::resolve(phase, spans, self.path, self.source);
+        self.problems.extend(problems);
+        self.problems.len() == before
+    }
+}
+
 /// Removes `.` components and resolves `..` lexically, so the plugin sees a
 /// clean path.
-fn normalize(path: &Path) -> PathBuf {
+pub(crate) fn normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for c in path.components() {
         match c {

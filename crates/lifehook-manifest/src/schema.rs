@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::Deserialize;
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use toml::Spanned;
 
 use crate::units::{DurationValue, Fuel, SizeValue};
@@ -20,14 +20,31 @@ pub struct RawPipeline {
     /// Example: `[defaults]` then `timeout = "5s"`
     #[serde(default)]
     pub defaults: RawDefaults,
+    /// Where lifehook keeps what it must remember between deliveries of a
+    /// hook (the done-markers of completed phases).
+    ///
+    /// Example: `[state]` then `dir = "/run/lifehook"`
+    #[serde(default)]
+    pub state: RawState,
     /// The steps run before the container stops.
     ///
     /// Example: `[pre-stop]` then `deadline = "20s"`
-    pub pre_stop: Option<RawPhase>,
+    pub pre_stop: Option<Spanned<RawPhase>>,
     /// The steps run right after the container starts.
     ///
     /// Example: `[post-start]` then `deadline = "30s"`
-    pub post_start: Option<RawPhase>,
+    pub post_start: Option<Spanned<RawPhase>>,
+}
+
+/// The `[state]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawState {
+    /// The state directory, relative to the pipeline file; `$LIFEHOOK_STATE_DIR`
+    /// or a `lifehook` directory under the system temp dir by default.
+    ///
+    /// Example: `dir = "/run/lifehook"`
+    pub dir: Option<Spanned<String>>,
 }
 
 /// Settings a step inherits unless it sets its own.
@@ -58,17 +75,31 @@ pub struct RawDefaults {
     ///
     /// Example: `retries = { attempts = 3, backoff = "200ms" }`
     pub retries: Option<Spanned<RawRetries>>,
+    /// Most steps running at the same time (default: the number of CPUs).
+    ///
+    /// Example: `max-concurrency = 4`
+    pub max_concurrency: Option<Spanned<i64>>,
 }
 
-/// One phase: its deadline and its ordered steps.
+/// One phase: its deadline, its place in the pod's grace period, and its
+/// steps.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawPhase {
     /// The whole phase never outlives this; steps get what is left.
     ///
     /// Example: `deadline = "20s"`
-    pub deadline: Option<DurationValue>,
-    /// The steps, in order.
+    pub deadline: Option<Spanned<DurationValue>>,
+    /// The pod's `terminationGracePeriodSeconds`, for `lifehook check` to
+    /// verify that the deadline leaves the application its `reserve`.
+    ///
+    /// Example: `grace-period = "30s"`
+    pub grace_period: Option<Spanned<DurationValue>>,
+    /// Time the application needs after this phase (to drain and exit).
+    ///
+    /// Example: `reserve = "10s"`
+    pub reserve: Option<Spanned<DurationValue>>,
+    /// The steps, in file order.
     ///
     /// Example: `[[pre-stop.steps]]` then `name = "notify"`
     #[serde(default)]
@@ -81,7 +112,7 @@ pub struct RawPhase {
 pub enum OnFailure {
     /// Go on with the next step; the run still exits 0.
     Continue,
-    /// Skip the remaining steps and exit non-zero.
+    /// Skip the remaining steps (but `always` ones) and exit non-zero.
     Abort,
 }
 
@@ -114,11 +145,16 @@ pub struct RawStep {
     /// Unique within the phase; tags the step's logs and report line.
     ///
     /// Example: `name = "notify-shutdown"`
-    pub name: Spanned<String>,
+    pub name: Option<Spanned<String>>,
     /// The plugin component, relative to the pipeline file.
     ///
     /// Example: `plugin = "plugins/notify_shutdown.wasm"`
-    pub plugin: Spanned<String>,
+    pub plugin: Option<Spanned<String>>,
+    /// A built-in wait instead of a plugin: the step sleeps this long
+    /// (cut by the phase deadline like any step).
+    ///
+    /// Example: `sleep = "5s"`
+    pub sleep: Option<Spanned<DurationValue>>,
     /// Wall-time limit of one attempt.
     ///
     /// Example: `timeout = "3s"`
@@ -144,11 +180,27 @@ pub struct RawStep {
     /// Example: `retries = { attempts = 5, backoff = "100ms", max-backoff = "1s" }`
     pub retries: Option<Spanned<RawRetries>>,
     /// Run at the same time as the neighbouring steps also marked
-    /// `concurrent`; the group finishes before the next step starts.
+    /// `concurrent`; the group finishes before the next step starts. Sugar
+    /// for the graph it describes; cannot be combined with `needs`.
     ///
     /// Example: `concurrent = true`
+    pub concurrent: Option<Spanned<bool>>,
+    /// The steps that must have succeeded before this one starts. Replaces
+    /// the default order (after the step or concurrent group before it in
+    /// the file); `needs = []` starts the step at once.
+    ///
+    /// Example: `needs = ["notify", "drain"]`
+    pub needs: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Run even after an abort, a failed need or the deadline cutting an
+    /// earlier step; time is kept in reserve for it.
+    ///
+    /// Example: `always = true`
+    pub always: Option<Spanned<bool>>,
+    /// Labels for `run --tag` and `--skip-tag`.
+    ///
+    /// Example: `tags = ["notify", "slow"]`
     #[serde(default)]
-    pub concurrent: bool,
+    pub tags: Vec<Spanned<String>>,
     /// Arguments of a `wasi:cli/command` plugin (`argv[1..]`).
     ///
     /// Example: `args = ["--drain", "${POD_NAME}"]`
@@ -164,11 +216,12 @@ pub struct RawStep {
     /// Example: `allow = { http = ["http://127.0.0.1:8080"] }`
     #[serde(default)]
     pub allow: RawAllow,
-    /// Settings read by the plugin through `wasi:config/store`.
+    /// Settings read by the plugin through `wasi:config/store`: strings,
+    /// numbers, booleans, dates, and arrays or tables of them.
     ///
     /// Example: `[pre-stop.steps.config]` then `url = "http://${HOST}/drain"`
     #[serde(default)]
-    pub config: BTreeMap<String, Spanned<ConfigValue>>,
+    pub config: BTreeMap<String, Spanned<toml::Value>>,
 }
 
 /// Capability grants as written.
@@ -220,15 +273,26 @@ pub struct RawDir {
     pub access: Access,
 }
 
+/// The table form of a directory grant.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDirTable {
+    /// The directory on the host, relative to the pipeline file.
+    ///
+    /// Example: `host = "./state"`
+    pub host: String,
+    /// Where the plugin sees it.
+    ///
+    /// Example: `guest = "/state"`
+    pub guest: Option<String>,
+    /// `read` (the default) or `read-write`.
+    ///
+    /// Example: `access = "read-write"`
+    pub access: Option<Access>,
+}
+
 impl<'de> Deserialize<'de> for RawDir {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Table {
-            host: String,
-            guest: Option<String>,
-            access: Option<Access>,
-        }
         struct V;
         impl<'de> Visitor<'de> for V {
             type Value = RawDir;
@@ -245,84 +309,12 @@ impl<'de> Deserialize<'de> for RawDir {
                 })
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawDir, A::Error> {
-                let t = Table::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                let t = RawDirTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
                 Ok(RawDir {
                     host: t.host,
                     guest: t.guest,
                     access: t.access.unwrap_or(Access::Read),
                 })
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// Name of the field the `toml` crate uses to pass a datetime through serde.
-const TOML_DATETIME_FIELD: &str = "$__toml_private_datetime";
-
-/// A `[config]` value: strings, numbers, booleans, and arrays or tables of
-/// them (flattened to dotted keys when resolved).
-#[derive(Debug, Clone, PartialEq)]
-pub enum ConfigValue {
-    /// A string, interpolated when resolved.
-    String(String),
-    /// An integer.
-    Integer(i64),
-    /// A float.
-    Float(f64),
-    /// A boolean.
-    Boolean(bool),
-    /// A TOML date or time, passed on as written.
-    Datetime(String),
-    /// An array of scalars, passed on one item per line.
-    Array(Vec<Spanned<ConfigValue>>),
-    /// A nested table, flattened to `outer.inner` keys.
-    Table(BTreeMap<String, Spanned<ConfigValue>>),
-}
-
-impl<'de> Deserialize<'de> for ConfigValue {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = ConfigValue;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string, number, boolean, array or table")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<ConfigValue, E> {
-                Ok(ConfigValue::String(v.to_owned()))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ConfigValue, E> {
-                Ok(ConfigValue::Integer(v))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ConfigValue, E> {
-                i64::try_from(v)
-                    .map(ConfigValue::Integer)
-                    .map_err(|_| E::custom("integer out of range"))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<ConfigValue, E> {
-                Ok(ConfigValue::Float(v))
-            }
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<ConfigValue, E> {
-                Ok(ConfigValue::Boolean(v))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ConfigValue, A::Error> {
-                let mut items = Vec::new();
-                while let Some(item) = seq.next_element::<Spanned<ConfigValue>>()? {
-                    items.push(item);
-                }
-                Ok(ConfigValue::Array(items))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ConfigValue, A::Error> {
-                let mut table = BTreeMap::new();
-                while let Some(key) = map.next_key::<String>()? {
-                    if key == TOML_DATETIME_FIELD {
-                        let text: String = map.next_value()?;
-                        return Ok(ConfigValue::Datetime(text));
-                    }
-                    let value = map.next_value::<Spanned<ConfigValue>>()?;
-                    table.insert(key, value);
-                }
-                Ok(ConfigValue::Table(table))
             }
         }
         d.deserialize_any(V)

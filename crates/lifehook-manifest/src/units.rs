@@ -1,5 +1,6 @@
 //! Values with units, parsed once at load time: durations (`"5s"`), sizes
-//! (`"64MiB"`) and fuel (`1_000_000` or `"unlimited"`).
+//! (`"64MiB"`) and fuel (`1_000_000` or `"unlimited"`). The grammar of
+//! durations and sizes is `lifehook-units`', shared with the plugin SDK.
 //!
 //! Each has its own serde visitor so that a wrong value fails with a message
 //! saying what was expected, located by the `toml` crate at the exact line and
@@ -9,6 +10,8 @@ use std::fmt;
 use std::time::Duration;
 
 use serde::de::{self, Deserialize, Deserializer, Visitor};
+
+pub use lifehook_units::{format_duration, format_size};
 
 /// A duration written with its unit: `"250ms"`, `"5s"`, `"1m 30s"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -23,14 +26,12 @@ impl<'de> Deserialize<'de> for DurationValue {
                 f.write_str("a duration with its unit, like \"500ms\", \"5s\" or \"1m\"")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<DurationValue, E> {
-                match humantime::parse_duration(v) {
+                match lifehook_units::parse_duration(v) {
                     Ok(d) if d.is_zero() => Err(E::custom(format!(
                         "invalid duration {v:?}: it must be more than zero"
                     ))),
                     Ok(d) => Ok(DurationValue(d)),
-                    Err(e) => Err(E::custom(format!(
-                        "invalid duration {v:?}: {e}; write a number and a unit, like \"500ms\", \"5s\" or \"1m\""
-                    ))),
+                    Err(e) => Err(E::custom(e)),
                 }
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<DurationValue, E> {
@@ -61,21 +62,12 @@ impl<'de> Deserialize<'de> for SizeValue {
                 f.write_str("a size with its unit, like \"64MiB\" or \"512KiB\"")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<SizeValue, E> {
-                let bad = |why: &str| {
-                    E::custom(format!(
-                        "invalid size {v:?}: {why}; write a number and a unit, like \"64MiB\" or \"512KiB\""
-                    ))
-                };
-                if v.trim().chars().all(|c| c.is_ascii_digit()) {
-                    return Err(bad("the unit is missing"));
-                }
-                match v.trim().parse::<bytesize::ByteSize>() {
-                    Ok(size) if size.as_u64() == 0 => Err(bad("it must be more than zero")),
-                    Ok(size) => Ok(SizeValue(size.as_u64())),
-                    // bytesize's own message describes its parser, not the input.
-                    Err(_) => Err(bad(
-                        "that is not a number followed by B, KiB, MiB, GiB, KB, MB or GB",
-                    )),
+                match lifehook_units::parse_size(v) {
+                    Ok(0) => Err(E::custom(format!(
+                        "invalid size {v:?}: it must be more than zero"
+                    ))),
+                    Ok(size) => Ok(SizeValue(size)),
+                    Err(e) => Err(E::custom(e)),
                 }
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<SizeValue, E> {
@@ -90,7 +82,7 @@ impl<'de> Deserialize<'de> for SizeValue {
 
 impl fmt::Display for SizeValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", bytesize::ByteSize(self.0).display().iec())
+        f.write_str(&format_size(self.0))
     }
 }
 
@@ -184,7 +176,7 @@ mod tests {
         );
         assert!(parse("d = \"0s\"").unwrap_err().contains("more than zero"));
         assert!(parse("s = 64").unwrap_err().contains("\"64MiB\""));
-        assert!(parse("s = \"64\"").unwrap_err().contains("unit is missing"));
+        assert!(parse("s = \"64\"").unwrap_err().contains("has no unit"));
         assert!(parse("s = \"lots\"").unwrap_err().contains("invalid size"));
         assert!(parse("f = -1").unwrap_err().contains("positive integer"));
         assert!(parse("f = \"lots\"").unwrap_err().contains("unlimited"));

@@ -30,7 +30,13 @@ use wasmtime_wasi::p2::bindings::filesystem::types::{
 };
 use wasmtime_wasi::p2::bindings::filesystem::{preopens, types};
 
-use crate::state::{Denials, StepState};
+use crate::denials::Denials;
+
+/// A store's data that holds an [`FsGate`] beside its WASI context.
+pub(crate) trait FsGateView: wasmtime_wasi::WasiView + Send + 'static {
+    /// The gate of this attempt.
+    fn fs_gate(&mut self) -> &mut FsGate;
+}
 
 /// The empty, deleted directory preopened as `/`, as a path that reopens it
 /// (`None` when none could be made).
@@ -163,7 +169,7 @@ impl FsGate {
 /// Replaces `get-directories` and `[method]descriptor.open-at` in `linker`
 /// (already holding wasmtime-wasi's versions) with logging wrappers around
 /// them.
-pub(crate) fn add_to_linker(linker: &mut Linker<StepState>) -> anyhow::Result<()> {
+pub(crate) fn add_to_linker<T: FsGateView>(linker: &mut Linker<T>) -> anyhow::Result<()> {
     linker.allow_shadowing(true);
     linker
         .instance(&format!("wasi:filesystem/preopens@{FS_VERSION}"))?
@@ -171,7 +177,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<StepState>) -> anyhow::Result<()
             let state = store.data_mut();
             let dirs = preopens::Host::get_directories(&mut state.filesystem())?;
             for (dir, guest) in &dirs {
-                state.fs_gate.register(dir.rep(), guest);
+                state.fs_gate().register(dir.rep(), guest);
             }
             Ok((dirs,))
         })?;
@@ -189,7 +195,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<StepState>) -> anyhow::Result<()
             )| {
                 Box::new(async move {
                     let state = store.data_mut();
-                    let base = state.fs_gate.preopens.get(&fd.rep()).cloned();
+                    let base = state.fs_gate().preopens.get(&fd.rep()).cloned();
                     let write = flags.contains(DescriptorFlags::WRITE)
                         || oflags.intersects(OpenFlags::CREATE | OpenFlags::TRUNCATE);
                     let mut view = state.filesystem();
@@ -201,7 +207,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<StepState>) -> anyhow::Result<()
                         Err(e) => Err(types::Host::convert_error_code(&mut view, e)?),
                     };
                     if let Err(code) = &result {
-                        state.fs_gate.check(base, &path, write, *code);
+                        state.fs_gate().check(base, &path, write, *code);
                     }
                     Ok((result,))
                 })

@@ -6,37 +6,48 @@
 //! The pieces, in the order a run uses them:
 //! - [`Runtime`]: the process's one engine and linker (WASI 0.2, `wasi:http`,
 //!   `wasi:config`, `lifehook:hook/log`) and the epoch ticker.
+//! - [`Runner`]: owns a runtime and the plugins it loaded; runs a phase as
+//!   often as asked (steps by their graph, retries, deadlines, the reserve
+//!   for `always` steps) and returns a [`PhaseReport`].
 //! - [`Plugin`]: a component checked and pre-instantiated once; a hook
 //!   component (exports `run`) or a `wasi:cli/command`.
 //! - [`ArtifactCache`]: plugins precompiled by `lifehook compile`.
-//! - [`run_phase`]: the executor; steps in order, concurrent groups, retries,
-//!   deadlines; returns a [`PhaseReport`].
+//!
+//! Inside, a run goes `runner` (the scheduling loop) -> `scheduler` (which
+//! step starts or is skipped, a pure state machine) -> `step` (one step's
+//! attempts) -> `attempt` (one store, one call, `classify`) -> `state` (the
+//! sandbox: `fs_gate`, `http_gate`, `limiter`, `denials`, `capture`).
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
 //! let pipeline = lifehook_manifest::load("lifehook.toml".as_ref(), None)?;
 //! let phase = pipeline.phase(lifehook_manifest::PhaseName::PreStop).unwrap();
-//! let rt = lifehook_runtime::Runtime::new()?;
-//! let report = lifehook_runtime::run_phase(&rt, &pipeline.path, phase, &Default::default()).await;
-//! print!("{}", report.to_text());
+//! let runner = lifehook_runtime::Runner::new(lifehook_runtime::Runtime::new()?, None);
+//! let report = runner.run(&pipeline.path, phase, &Default::default()).await;
+//! println!("{}", report.to_json());
 //! # Ok(()) }
 //! ```
 
+mod attempt;
 mod bindings;
 mod cache;
 mod capture;
+mod denials;
 mod engine;
-mod executor;
 mod fs_gate;
+mod http_gate;
+mod limiter;
+mod loader;
 mod plugin;
 mod report;
+mod runner;
+mod scheduler;
 mod state;
+mod step;
 
 pub use cache::{ArtifactCache, CompileError, Compiled};
 pub use engine::{EPOCH_TICK, Runtime};
-pub use executor::{RunOptions, run_phase};
+pub use loader::LoadResult;
 pub use plugin::{CodeSource, LoadError, Plugin, PluginKind};
-pub use report::{
-    EXIT_ABORTED, EXIT_DEADLINE, EXIT_INTERNAL, EXIT_INVALID, EXIT_OK, Outcome, PhaseReport,
-    StepReport, human,
-};
+pub use report::{Outcome, PhaseReport, PhaseStatus, StepReport};
+pub use runner::{RunOptions, Runner, Selection};

@@ -125,6 +125,14 @@ pub enum LoadError {
         /// wasmtime's reason.
         message: String,
     },
+    /// Loading stopped for a reason of lifehook's own (a thread that died).
+    #[error("plugin {path} could not be loaded: {message}")]
+    Internal {
+        /// The plugin file.
+        path: PathBuf,
+        /// What happened.
+        message: String,
+    },
     /// This build cannot compile and no usable precompiled artifact exists.
     #[error(
         "plugin {path} must be precompiled: this lifehook was built without a compiler; run `lifehook compile` with a full build"

@@ -1,9 +1,8 @@
-//! What a run did: per step the outcome, attempts, time and fuel, and for the
-//! phase the exit code. Rendered as a compact text table (headline first, so
-//! the part Kubernetes keeps of a failed hook's output is the useful part) or
-//! as JSON.
+//! What a run did: per step the outcome, attempts, time, fuel and the steps
+//! it waited for; for the phase, its status. Data only: the command line
+//! renders it (text or JSON) and maps the status to an exit code.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -12,16 +11,17 @@ use serde::Serialize;
 
 use crate::plugin::{CodeSource, PluginKind};
 
-/// Exit code: every step succeeded, or failed with `on-failure = "continue"`.
-pub const EXIT_OK: i32 = 0;
-/// Exit code: a step with `on-failure = "abort"` failed; later steps skipped.
-pub const EXIT_ABORTED: i32 = 1;
-/// Exit code: the pipeline file or the command line is invalid.
-pub const EXIT_INVALID: i32 = 2;
-/// Exit code: the phase deadline was reached; steps were cut or skipped.
-pub const EXIT_DEADLINE: i32 = 3;
-/// Exit code: lifehook itself failed (could not start its engine, say).
-pub const EXIT_INTERNAL: i32 = 4;
+/// How a phase ended, worst first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PhaseStatus {
+    /// Every step succeeded, or failed with `on-failure = "continue"`.
+    Ok,
+    /// A step with `on-failure = "abort"` failed; later steps were skipped.
+    Aborted,
+    /// The deadline was reached: steps were cut or skipped.
+    DeadlineReached,
+}
 
 /// How a step ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -42,7 +42,8 @@ pub enum Outcome {
     /// Trapped: stack overflow, `unreachable` (a Rust panic), a bad memory
     /// access.
     Trapped,
-    /// Not run: an earlier step aborted the phase, or the deadline passed.
+    /// Not run: not selected, an earlier step aborted the phase, a step it
+    /// needs failed, or the deadline passed.
     Skipped,
 }
 
@@ -73,8 +74,8 @@ impl fmt::Display for Outcome {
 pub struct StepReport {
     /// The step's name.
     pub name: String,
-    /// The plugin file.
-    pub plugin: PathBuf,
+    /// The plugin file (none for a `sleep` step).
+    pub plugin: Option<PathBuf>,
     /// Hook component or command, once loaded.
     pub kind: Option<PluginKind>,
     /// Whether the plugin was compiled now or loaded precompiled.
@@ -102,6 +103,11 @@ pub struct StepReport {
     pub on_failure: OnFailure,
     /// True when the phase deadline (not the step's own timeout) cut it.
     pub cut_by_deadline: bool,
+    /// When it started, from the phase start (none when skipped).
+    #[serde(rename = "started_ms", serialize_with = "opt_whole_millis")]
+    pub started: Option<Duration>,
+    /// The steps it waited for before starting.
+    pub waited_for: Vec<String>,
 }
 
 /// The result of running one phase.
@@ -117,18 +123,28 @@ pub struct PhaseReport {
     /// Wall time of the whole phase.
     #[serde(rename = "duration_ms", serialize_with = "millis")]
     pub duration: Duration,
+    /// Time kept at the end of the phase for `always` steps.
+    #[serde(rename = "cleanup_reserve_ms", serialize_with = "millis")]
+    pub cleanup_reserve: Duration,
     /// The deadline was reached.
     pub deadline_hit: bool,
     /// The step whose failure aborted the phase.
     pub aborted_by: Option<String>,
-    /// The process exit code this report maps to.
-    pub exit_code: i32,
+    /// Deadline over abort over ok.
+    pub status: PhaseStatus,
     /// Every step in pipeline order.
     pub steps: Vec<StepReport>,
 }
 
 fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(d.as_millis().try_into().unwrap_or(u64::MAX))
+}
+
+fn opt_whole_millis<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => millis(d, s),
+        None => s.serialize_none(),
+    }
 }
 
 fn opt_millis<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
@@ -139,14 +155,14 @@ fn opt_millis<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok,
 }
 
 impl PhaseReport {
-    /// Derives the exit code from the steps: deadline over abort over ok.
+    /// Derives the status from the steps: deadline over abort over ok.
     pub(crate) fn finish(mut self) -> PhaseReport {
-        self.exit_code = if self.deadline_hit {
-            EXIT_DEADLINE
+        self.status = if self.deadline_hit {
+            PhaseStatus::DeadlineReached
         } else if self.aborted_by.is_some() {
-            EXIT_ABORTED
+            PhaseStatus::Aborted
         } else {
-            EXIT_OK
+            PhaseStatus::Ok
         };
         self
     }
@@ -156,92 +172,15 @@ impl PhaseReport {
         serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
     }
 
-    /// The report as a text table, headline first.
-    pub fn to_text(&self) -> String {
-        let mut out = String::new();
-        let mut counts: Vec<(Outcome, usize)> = Vec::new();
-        for s in &self.steps {
-            match counts.iter_mut().find(|(o, _)| *o == s.outcome) {
-                Some((_, n)) => *n += 1,
-                None => counts.push((s.outcome, 1)),
-            }
-        }
-        let tally = if counts.is_empty() {
-            "no steps".to_owned()
-        } else {
-            counts
-                .iter()
-                .map(|(o, n)| format!("{n} {o}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let verdict = match self.exit_code {
-            EXIT_OK => "ok".to_owned(),
-            EXIT_ABORTED => format!(
-                "ABORTED by step `{}`",
-                self.aborted_by.as_deref().unwrap_or("?")
-            ),
-            EXIT_DEADLINE => format!("DEADLINE of {} reached", human(self.deadline)),
-            code => format!("exit {code}"),
-        };
-        let _ = writeln!(
-            out,
-            "lifehook {}: {verdict} - {tally} in {} (deadline {})",
-            self.phase,
-            human(self.duration),
-            human(self.deadline)
-        );
-        let name_w = self
-            .steps
-            .iter()
-            .map(|s| s.name.len())
-            .max()
-            .unwrap_or(4)
-            .max(4);
-        for s in &self.steps {
-            let fuel = s.fuel_consumed.map_or("-".to_owned(), short_count);
-            let _ = write!(
-                out,
-                "  {:<13} {:<name_w$}  {:>2}x {:>8}  fuel {:>6}",
-                s.outcome.as_str(),
-                s.name,
-                s.attempts,
-                human(s.duration),
-                fuel,
-            );
-            if !s.message.is_empty() {
-                let _ = write!(out, "  {}", s.message);
-            }
-            out.push('\n');
-        }
-        out
-    }
-}
-
-/// `1.2s`, `35ms`, `2m03s`: short and readable.
-pub fn human(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else if ms < 60_000 {
-        let s = d.as_secs_f64();
-        if ms.is_multiple_of(1000) {
-            format!("{}s", ms / 1000)
-        } else {
-            format!("{s:.2}s")
-        }
-    } else {
-        format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
-    }
-}
-
-/// `950`, `12.3K`, `4.5M`, `1.2G`.
-fn short_count(n: u64) -> String {
-    match n {
-        0..1_000 => n.to_string(),
-        1_000..1_000_000 => format!("{:.1}K", n as f64 / 1e3),
-        1_000_000..1_000_000_000 => format!("{:.1}M", n as f64 / 1e6),
-        _ => format!("{:.1}G", n as f64 / 1e9),
+    /// The step that decides the phase's verdict: the one that aborted it,
+    /// else the first cut by the deadline, else the first that failed.
+    pub fn culprit(&self) -> Option<&StepReport> {
+        let failed = |s: &&StepReport| !matches!(s.outcome, Outcome::Ok | Outcome::Skipped);
+        self.aborted_by
+            .as_deref()
+            .and_then(|name| self.steps.iter().find(|s| s.name == name))
+            .or_else(|| self.steps.iter().find(|s| s.cut_by_deadline))
+            .or_else(|| self.steps.iter().find(failed))
     }
 }
 
@@ -249,10 +188,10 @@ fn short_count(n: u64) -> String {
 mod tests {
     use super::*;
 
-    fn step(name: &str, outcome: Outcome) -> StepReport {
+    pub(crate) fn step(name: &str, outcome: Outcome) -> StepReport {
         StepReport {
             name: name.into(),
-            plugin: "p.wasm".into(),
+            plugin: Some("p.wasm".into()),
             kind: Some(PluginKind::Hook),
             code: Some(CodeSource::Compiled),
             load_time: Some(Duration::from_micros(1500)),
@@ -265,6 +204,8 @@ mod tests {
             output_dropped: 0,
             on_failure: OnFailure::Continue,
             cut_by_deadline: false,
+            started: Some(Duration::from_millis(3)),
+            waited_for: vec![],
         }
     }
 
@@ -274,37 +215,50 @@ mod tests {
             pipeline: "lifehook.toml".into(),
             deadline: Duration::from_secs(20),
             duration: Duration::from_millis(1500),
+            cleanup_reserve: Duration::ZERO,
             deadline_hit,
             aborted_by: aborted_by.map(Into::into),
-            exit_code: -1,
+            status: PhaseStatus::Ok,
             steps,
         }
         .finish()
     }
 
     #[test]
-    fn exit_codes_follow_deadline_then_abort() {
-        assert_eq!(report(vec![], false, None).exit_code, EXIT_OK);
-        assert_eq!(report(vec![], false, Some("a")).exit_code, EXIT_ABORTED);
-        assert_eq!(report(vec![], true, Some("a")).exit_code, EXIT_DEADLINE);
+    fn status_is_deadline_then_abort() {
+        assert_eq!(report(vec![], false, None).status, PhaseStatus::Ok);
+        assert_eq!(
+            report(vec![], false, Some("a")).status,
+            PhaseStatus::Aborted
+        );
+        assert_eq!(
+            report(vec![], true, Some("a")).status,
+            PhaseStatus::DeadlineReached
+        );
     }
 
     #[test]
-    fn text_report_leads_with_a_headline() {
+    fn the_culprit_is_the_aborting_step_then_the_first_failure() {
         let r = report(
-            vec![step("notify", Outcome::Ok), step("lock", Outcome::Failed)],
+            vec![
+                step("a", Outcome::Ok),
+                step("b", Outcome::Failed),
+                step("c", Outcome::Failed),
+            ],
             false,
-            Some("lock"),
+            Some("c"),
         );
-        let text = r.to_text();
-        let first = text.lines().next().expect("headline");
-        assert_eq!(
-            first,
-            "lifehook pre-stop: ABORTED by step `lock` - 1 ok, 1 failed in 1.50s (deadline 20s)"
+        assert_eq!(r.culprit().map(|s| s.name.as_str()), Some("c"));
+        let r = report(
+            vec![step("a", Outcome::Ok), step("b", Outcome::Denied)],
+            false,
+            None,
         );
+        assert_eq!(r.culprit().map(|s| s.name.as_str()), Some("b"));
         assert!(
-            text.contains("  ok            notify   1x     12ms  fuel  12.3K  done"),
-            "{text}"
+            report(vec![step("a", Outcome::Ok)], false, None)
+                .culprit()
+                .is_none()
         );
     }
 
@@ -313,8 +267,10 @@ mod tests {
         let json = report(vec![step("a", Outcome::OutOfFuel)], false, None).to_json();
         let v: serde_json::Value = serde_json::from_str(&json).expect("valid json");
         assert_eq!(v["phase"], "pre-stop");
+        assert_eq!(v["status"], "ok");
         assert_eq!(v["steps"][0]["outcome"], "out-of-fuel");
         assert_eq!(v["steps"][0]["duration_ms"], 12);
+        assert_eq!(v["steps"][0]["started_ms"], 3);
         assert_eq!(v["deadline_ms"], 20_000);
         assert_eq!(v["steps"][0]["load_ms"], 1.5);
     }

@@ -1,25 +1,26 @@
 //! What one attempt of a step owns inside its wasmtime store: the WASI context
-//! built from the step's grants, the HTTP gate, the memory limiter, and the
-//! record of denied attempts.
+//! built from the step's grants and the sockets check, with the gates
+//! (`http_gate`, `fs_gate`), the memory limiter and the denial record it
+//! wires in.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
-use lifehook_manifest::{Access, HttpGrant, Scheme, Step};
-use wasmtime::ResourceLimiter;
+use lifehook_manifest::{Access, Step};
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_config::WasiConfigVariables;
-use wasmtime_wasi_http::{
-    RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
-};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::bindings::lifehook::hook::log;
 use crate::capture::{OutputCapture, Stream};
-use crate::fs_gate::FsGate;
+use crate::denials::Denials;
+use crate::fs_gate::{FsGate, FsGateView};
+use crate::http_gate::HttpGate;
+use crate::limiter::MemoryLimiter;
 
 /// The store data of one attempt.
 pub(crate) struct StepState {
@@ -29,46 +30,10 @@ pub(crate) struct StepState {
     pub(crate) config: WasiConfigVariables,
     pub(crate) limiter: MemoryLimiter,
     gate: HttpGate,
-    pub(crate) fs_gate: FsGate,
+    fs_gate: FsGate,
     output: OutputCapture,
     /// When this attempt must stop; read by the epoch callback.
     pub(crate) deadline: Instant,
-}
-
-/// Things a step tried to do without a grant, shared between the store's
-/// hooks and the executor's report.
-#[derive(Clone, Default)]
-pub(crate) struct Denials(Arc<Mutex<Vec<String>>>);
-
-impl Denials {
-    /// Records and logs one denied attempt: what was denied, and the grant
-    /// that would allow it.
-    pub(crate) fn record(&self, what: String, grant: String) {
-        let line = format!("denied {what}; to allow it: {grant}");
-        tracing::warn!("{line}");
-        let mut list = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        // A plugin retrying in a loop would fill memory; keep the first few.
-        if list.len() < 16 {
-            list.push(line);
-        }
-    }
-
-    /// The first denial, which the report leads with.
-    pub(crate) fn first(&self) -> Option<String> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .first()
-            .cloned()
-    }
-
-    /// The denials recorded so far.
-    pub(crate) fn snapshot(&self) -> Vec<String> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
 }
 
 impl StepState {
@@ -204,147 +169,21 @@ impl WasiHttpView for StepState {
     }
 }
 
+impl FsGateView for StepState {
+    fn fs_gate(&mut self) -> &mut FsGate {
+        &mut self.fs_gate
+    }
+}
+
 impl log::Host for StepState {
     fn emit(&mut self, level: log::Level, message: String) {
         self.output.emit_log(level, &message);
     }
 }
 
-/// Lets a request out only when a grant allows its origin, and never with
-/// timeouts beyond the attempt's deadline.
-struct HttpGate {
-    grants: Arc<[HttpGrant]>,
-    deadline: Instant,
-    denials: Denials,
-}
-
-type SendResult = wasmtime_wasi_http::Result<(
-    http::Response<WasiBody>,
-    Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
-)>;
-
-impl WasiHttpHooks for HttpGate {
-    fn send_request(
-        &mut self,
-        request: http::Request<WasiBody>,
-        options: Option<RequestOptions>,
-        fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
-    ) -> Box<dyn Future<Output = SendResult> + Send> {
-        drop(fut);
-        let uri = request.uri();
-        let scheme = uri.scheme_str().and_then(Scheme::parse);
-        let host = uri.host().unwrap_or_default();
-        let allowed = scheme.is_some_and(|scheme| {
-            let port = uri.port_u16().unwrap_or(scheme.default_port());
-            self.grants.iter().any(|g| g.allows(scheme, host, port))
-        });
-        if !allowed {
-            let origin = match uri.authority() {
-                Some(a) => format!("{}://{a}", uri.scheme_str().unwrap_or("http")),
-                None => uri.to_string(),
-            };
-            self.denials.record(
-                format!("HTTP {} {origin}{}", request.method(), uri.path()),
-                format!("allow.http = [\"{origin}\"]"),
-            );
-            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
-        }
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        let cap = |t: Option<Duration>| Some(t.map_or(left, |t| t.min(left)));
-        let options = RequestOptions {
-            connect_timeout: cap(options.and_then(|o| o.connect_timeout)),
-            first_byte_timeout: cap(options.and_then(|o| o.first_byte_timeout)),
-            between_bytes_timeout: cap(options.and_then(|o| o.between_bytes_timeout)),
-        };
-        Box::new(async move {
-            use http_body_util::BodyExt;
-            let (response, io) =
-                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
-            Ok((
-                response.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = _> + Send>,
-            ))
-        })
-    }
-}
-
-/// Caps the total linear memory of an attempt (wasmtime's own limits apply
-/// per memory; a component has several).
-pub(crate) struct MemoryLimiter {
-    limit: u64,
-    used: u64,
-    /// The total the plugin asked for when it went over the limit.
-    pub(crate) exceeded: Option<u64>,
-}
-
-impl MemoryLimiter {
-    fn new(limit: u64) -> MemoryLimiter {
-        MemoryLimiter {
-            limit,
-            used: 0,
-            exceeded: None,
-        }
-    }
-
-    /// The limit, in bytes.
-    pub(crate) fn limit(&self) -> u64 {
-        self.limit
-    }
-}
-
-impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        let total = self.used.saturating_sub(current as u64) + desired as u64;
-        if total > self.limit {
-            self.exceeded = Some(total);
-            return Ok(false);
-        }
-        self.used = total;
-        Ok(true)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        // Tables hold function references; a million is far beyond any real
-        // plugin and bounds what a hostile one can allocate.
-        Ok(desired <= 1_000_000)
-    }
-
-    fn instances(&self) -> usize {
-        1_000
-    }
-
-    fn tables(&self) -> usize {
-        1_000
-    }
-
-    fn memories(&self) -> usize {
-        1_000
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn limiter_counts_all_memories_together() {
-        let mut l = MemoryLimiter::new(100);
-        assert!(l.memory_growing(0, 60, None).expect("no error"));
-        assert!(l.memory_growing(0, 30, None).expect("no error"));
-        assert!(!l.memory_growing(30, 50, None).expect("no error"));
-        assert_eq!(l.exceeded, Some(110));
-        assert!(l.memory_growing(30, 40, None).expect("no error"));
-    }
 
     #[test]
     fn only_granted_connections_and_implicit_binds_pass() {

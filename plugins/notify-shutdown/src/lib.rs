@@ -13,11 +13,11 @@
 //!   step must grant. Default: a small JSON document.
 //! - `timeout`: per-request timeout (never more than the attempt's time left).
 //!
-//! Outcome: any 2xx succeeds. Connection errors, 429 and 5xx are retryable
+//! Outcome: any 2xx succeeds. Connection errors, 408, 429 and 5xx are retryable
 //! failures (a `Retry-After` in seconds is passed to the runner, which waits
 //! for it when it fits in the time left); other statuses are fatal.
 
-use lifehook_sdk::http::{self, Method, StatusCode};
+use lifehook_sdk::http::{self, Method};
 use lifehook_sdk::{Failure, Hook, Invocation, config, env, log};
 
 const DEFAULT_BODY: &str = r#"{"event":"{{phase}}","pod":"{{pod}}","namespace":"{{namespace}}","step":"{{step}}","attempt":{{attempt}}}"#;
@@ -74,20 +74,15 @@ impl Hook for NotifyShutdown {
         } else {
             format!("{summary}: {detail}")
         };
-        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-            match response.header("retry-after").and_then(http::retry_after) {
-                Some(after) => {
-                    log::info(&format!(
-                        "{message}; server asks to retry after {}s",
-                        after.as_secs()
-                    ));
-                    Err(Failure::retry_after(message, after))
-                }
-                None => Err(Failure::retryable(message)),
-            }
-        } else {
-            Err(Failure::fatal(message))
+        if let Some(after) = response.header("retry-after").and_then(http::retry_after)
+            && http::is_retryable(status)
+        {
+            log::info(&format!(
+                "{message}; server asks to retry after {}s",
+                after.as_secs()
+            ));
         }
+        Err(response.failure(message))
     }
 }
 

@@ -120,11 +120,7 @@ impl Client {
                 response.status.as_u16(),
                 text.trim()
             );
-            return Err(if response.status.is_server_error() {
-                Failure::retryable(message)
-            } else {
-                Failure::fatal(message)
-            });
+            return Err(response.failure(message));
         }
         serde_json::from_str(&text)
             .map_err(|e| Failure::fatal(format!("etcd {path} returned invalid JSON: {e}")))

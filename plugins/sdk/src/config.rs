@@ -44,16 +44,25 @@ pub fn flag(key: &str, default: bool) -> Result<bool, Failure> {
     Ok(parse::<bool>(key)?.unwrap_or(default))
 }
 
-/// A duration key written like `"500ms"`, `"5s"` or `"2m"`.
+/// A duration key written like `"500ms"`, `"5s"` or `"1m 30s"`: the
+/// grammar of the pipeline file's own durations.
 pub fn duration(key: &str) -> Result<Option<Duration>, Failure> {
     let Some(text) = get(key) else {
         return Ok(None);
     };
-    parse_duration(text.trim()).map(Some).ok_or_else(|| {
-        Failure::fatal(format!(
-            "config key `{key}` = {text:?} is not a duration: write a number and a unit (ms, s, m, h), like \"5s\""
-        ))
-    })
+    lifehook_units::parse_duration(&text)
+        .map(Some)
+        .map_err(|e| Failure::fatal(format!("config key `{key}`: {e}")))
+}
+
+/// A size key written like `"64MiB"` or `"512KiB"`.
+pub fn size(key: &str) -> Result<Option<u64>, Failure> {
+    let Some(text) = get(key) else {
+        return Ok(None);
+    };
+    lifehook_units::parse_size(&text)
+        .map(Some)
+        .map_err(|e| Failure::fatal(format!("config key `{key}`: {e}")))
 }
 
 /// An array key: one item per line (empty when unset).
@@ -78,34 +87,4 @@ pub fn table(prefix: &str) -> Vec<(String, String)> {
         .collect();
     out.sort();
     out
-}
-
-/// Parses `"250ms"`, `"5s"`, `"2m"`, `"1h"` and plain seconds (`"5"`).
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: f64 = number.parse().ok()?;
-    let secs = match unit.trim() {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return None,
-    };
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("5"), Some(Duration::from_secs(5)));
-        assert_eq!(parse_duration("5 parsecs"), None);
-    }
 }

@@ -20,7 +20,27 @@ pub struct Response {
     pub body: Vec<u8>,
 }
 
+/// Whether a request answered with `status` may succeed if sent again: 408,
+/// 429 and every 5xx. The one place every sample plugin asks.
+pub fn is_retryable(status: StatusCode) -> bool {
+    status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status.is_server_error()
+}
+
 impl Response {
+    /// The failure a non-success response means: retryable for
+    /// [`is_retryable`] statuses (honouring `Retry-After`), fatal otherwise.
+    pub fn failure(&self, message: String) -> Failure {
+        if !is_retryable(self.status) {
+            return Failure::fatal(message);
+        }
+        match self.header("retry-after").and_then(retry_after) {
+            Some(after) => Failure::retry_after(message, after),
+            None => Failure::retryable(message),
+        }
+    }
+
     /// The first value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
@@ -148,4 +168,39 @@ fn describe(code: &wstd::http::ErrorCode) -> String {
 /// honoured (a pod's clock and a server's rarely agree to the second).
 pub fn retry_after(value: &str) -> Option<Duration> {
     value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryable_statuses() {
+        for code in [408, 429, 500, 502, 503, 504] {
+            assert!(
+                is_retryable(StatusCode::from_u16(code).expect("status")),
+                "{code}"
+            );
+        }
+        for code in [400, 401, 403, 404, 409, 412] {
+            assert!(
+                !is_retryable(StatusCode::from_u16(code).expect("status")),
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn failure_honours_retry_after() {
+        let response = |code: u16, headers: Vec<(String, String)>| Response {
+            status: StatusCode::from_u16(code).expect("status"),
+            headers,
+            body: Vec::new(),
+        };
+        let f = response(429, vec![("retry-after".into(), "3".into())]).failure("busy".into());
+        assert!(f.retryable);
+        assert_eq!(f.retry_after_ms, Some(3000));
+        let f = response(404, vec![("retry-after".into(), "3".into())]).failure("gone".into());
+        assert!(!f.retryable);
+    }
 }

@@ -1,14 +1,17 @@
-//! `lifehook check`: validates a pipeline and every plugin it names.
+//! `lifehook check`: validates a pipeline, every plugin it names, and its
+//! time budget.
 
 use clap::Args;
-use lifehook_manifest::{Access, Step};
-use lifehook_runtime::{PluginKind, Runtime};
+use lifehook_manifest::Severity;
+use lifehook_runtime::Selection;
 
-use super::run::print_out;
-use super::{CacheArgs, PhaseArg, PipelineArgs, distinct_plugins};
+use super::common::{describe_phase, load_plugins, print_out, print_problems};
+use super::{CacheArgs, PhaseArg, PipelineArgs};
+use crate::render::{EXIT_INVALID, EXIT_OK};
 
-/// Check the pipeline file and that every plugin loads and has the right
-/// exports. Lists every problem and exits 2 when there is any.
+/// Check the pipeline file, that every plugin loads and has the right
+/// exports, and that the time budget fits; print each phase's plan and
+/// worst-case timeline. Lists every problem and exits 2 when there is any.
 #[derive(Debug, Args)]
 #[command(after_help = "\
 Examples:
@@ -29,106 +32,35 @@ pub struct Check {
 impl Check {
     pub fn execute(self) -> anyhow::Result<i32> {
         let pipeline = lifehook_manifest::load(&self.pipeline.file, self.phase.map(Into::into))?;
-        let rt = Runtime::new()?;
-        let cache = self.cache.cache(&pipeline.path);
+        let runner = self.cache.runner(&pipeline.path)?;
+        let (kinds, mut problems) =
+            load_plugins(&runner, pipeline.phases.iter().flat_map(|p| &p.steps));
         let mut out = String::new();
-        let mut problems = Vec::new();
-        let steps = pipeline.phases.iter().flat_map(|p| &p.steps);
-        let mut kinds = Vec::new();
-        for plugin in distinct_plugins(steps) {
-            match cache.load(&rt, &plugin) {
-                Ok(p) => kinds.push((plugin, p.kind)),
-                Err(e) => problems.push(format!("error: {e}")),
-            }
-        }
         for phase in &pipeline.phases {
-            out += &format!(
-                "[{}] deadline {}, {} steps\n",
-                phase.name,
-                lifehook_runtime::human(phase.deadline),
-                phase.steps.len()
-            );
-            for step in &phase.steps {
-                let kind = kinds
-                    .iter()
-                    .find(|(p, _)| p == &step.plugin)
-                    .map(|(_, k)| *k);
-                out += &describe_step(step, kind);
-                for dir in &step.grants.dirs {
-                    if !dir.host.is_dir() {
-                        out += &format!(
-                            "    warning: granted directory {} does not exist here\n",
-                            dir.host.display()
-                        );
-                    }
-                }
-            }
+            out += &describe_phase(phase, &kinds, &Selection::default());
         }
         if pipeline.phases.is_empty() {
             out += "warning: the pipeline has no [pre-stop] or [post-start] section\n";
         }
+        let mut warnings = Vec::new();
+        for finding in &pipeline.findings {
+            match finding.severity {
+                Severity::Error => problems.push(finding.to_string()),
+                Severity::Warning => warnings.push(finding.to_string()),
+            }
+        }
         if problems.is_empty() {
             out += &format!("ok: {} is valid\n", pipeline.path.display());
-            print_out(&out)?;
-            Ok(lifehook_runtime::EXIT_OK)
-        } else {
-            print_out(&out)?;
-            eprintln!(
-                "{}\n\n{} problems found",
-                problems.join("\n\n"),
-                problems.len()
-            );
-            Ok(lifehook_runtime::EXIT_INVALID)
         }
-    }
-}
-
-/// Two lines about a step: plugin and limits, then grants.
-pub fn describe_step(step: &Step, kind: Option<PluginKind>) -> String {
-    let kind = match kind {
-        Some(PluginKind::Hook) => "hook",
-        Some(PluginKind::Command) => "command",
-        None => "unloadable",
-    };
-    let mut grants = Vec::new();
-    for g in &step.grants.http {
-        grants.push(format!("http {g}"));
-    }
-    for g in &step.grants.tcp {
-        grants.push(format!("tcp {g}"));
-    }
-    for d in &step.grants.dirs {
-        let access = if d.access == Access::ReadWrite {
-            "rw"
+        print_out(&out)?;
+        for w in &warnings {
+            eprintln!("{w}\n");
+        }
+        print_problems(&problems);
+        Ok(if problems.is_empty() {
+            EXIT_OK
         } else {
-            "ro"
-        };
-        grants.push(format!(
-            "dir {} as {} ({access})",
-            d.host.display(),
-            d.guest
-        ));
+            EXIT_INVALID
+        })
     }
-    for e in &step.grants.env {
-        grants.push(format!("env {e}"));
-    }
-    let grants = if grants.is_empty() {
-        "nothing".to_owned()
-    } else {
-        grants.join(", ")
-    };
-    format!(
-        "  {} ({kind} {}): timeout {}, fuel {}, memory {}, attempts {}, on-failure {}{}\n    grants: {grants}\n",
-        step.name,
-        step.plugin.display(),
-        lifehook_runtime::human(step.limits.timeout),
-        step.limits.fuel,
-        lifehook_manifest::units::SizeValue(step.limits.memory),
-        step.retry.attempts,
-        match step.on_failure {
-            lifehook_manifest::OnFailure::Continue => "continue",
-            lifehook_manifest::OnFailure::Abort => "abort",
-        },
-        if step.concurrent { ", concurrent" } else { "" },
-    )
 }

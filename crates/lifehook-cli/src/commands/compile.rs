@@ -33,8 +33,7 @@ pub struct Compile {
 impl Compile {
     #[cfg(feature = "compiler")]
     pub fn execute(self) -> anyhow::Result<i32> {
-        use super::distinct_plugins;
-        use super::run::print_out;
+        use super::common::{distinct_plugins, print_out, print_problems};
         use anyhow::Context as _;
         use lifehook_runtime::Runtime;
 
@@ -62,7 +61,7 @@ impl Compile {
                         c.plugin.display(),
                         c.plugin_size.div_ceil(1024),
                         c.artifact_size.div_ceil(1024),
-                        lifehook_runtime::human(c.took),
+                        lifehook_units::format_duration(c.took),
                     );
                 }
                 Ok(Err(e)) => problems.push(format!("error: {e}")),
@@ -70,12 +69,12 @@ impl Compile {
             }
         }
         print_out(&out)?;
-        if problems.is_empty() {
-            Ok(lifehook_runtime::EXIT_OK)
+        print_problems(&problems);
+        Ok(if problems.is_empty() {
+            crate::render::EXIT_OK
         } else {
-            eprintln!("{}", problems.join("\n\n"));
-            Ok(lifehook_runtime::EXIT_INVALID)
-        }
+            crate::render::EXIT_INVALID
+        })
     }
 
     #[cfg(not(feature = "compiler"))]

@@ -1,6 +1,7 @@
 //! The subcommands, one file each.
 
 mod check;
+mod common;
 mod compile;
 mod run;
 
@@ -8,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use lifehook_manifest::PhaseName;
-use lifehook_runtime::ArtifactCache;
+use lifehook_runtime::{ArtifactCache, Runner, Runtime};
 
 use crate::logging::LogArgs;
 
@@ -75,6 +76,14 @@ pub struct CacheArgs {
 }
 
 impl CacheArgs {
+    /// A runner with a fresh engine, loading precompiled plugins from the
+    /// cache for the pipeline at `pipeline`.
+    pub fn runner(&self, pipeline: &Path) -> anyhow::Result<Runner> {
+        use anyhow::Context as _;
+        let rt = Runtime::new().context("cannot start the WebAssembly engine")?;
+        Ok(Runner::new(rt, Some(self.cache(pipeline))))
+    }
+
     /// The cache for the pipeline at `pipeline`.
     pub fn cache(&self, pipeline: &Path) -> ArtifactCache {
         ArtifactCache::new(self.cache.clone().unwrap_or_else(|| {
@@ -115,29 +124,6 @@ pub enum ReportFormat {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
-
-/// The distinct plugin files of `steps`, in pipeline order.
-pub fn distinct_plugins<'a>(
-    steps: impl Iterator<Item = &'a lifehook_manifest::Step>,
-) -> Vec<PathBuf> {
-    let mut seen = Vec::new();
-    for s in steps {
-        if !seen.contains(&s.plugin) {
-            seen.push(s.plugin.clone());
-        }
-    }
-    seen
-}
-
-/// The tokio runtime a run uses: one thread. Concurrent steps interleave on
-/// it (a busy plugin yields at every epoch tick); compiling goes to blocking
-/// threads. Worker threads would cost start-up time and, worse, make every
-/// memory unmap of a finished plugin interrupt the other cores.
-pub fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
-}
 
 #[cfg(test)]
 mod tests {

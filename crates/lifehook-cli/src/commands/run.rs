@@ -1,26 +1,29 @@
 //! `lifehook run`: runs one phase of the pipeline.
 
-use std::io::Write as _;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::Args;
-use lifehook_manifest::{Phase, PhaseName, Pipeline};
-use lifehook_runtime::{RunOptions, Runtime};
+use lifehook_manifest::{Phase, PhaseName};
+use lifehook_runtime::{RunOptions, Runner, Selection};
 
-use super::{CacheArgs, PhaseArg, PipelineArgs, ReportFormat, UsageError, tokio_runtime};
+use super::common::{describe_phase, load_plugins, print_out, print_problems, tokio_runtime};
+use super::{CacheArgs, PhaseArg, PipelineArgs, ReportFormat, UsageError};
+use crate::render::{self, EXIT_INVALID, EXIT_OK};
 
 /// Run one phase of the pipeline and print its report.
 ///
-/// Steps run in file order (a run of steps marked `concurrent` runs together),
-/// each in its own sandbox under its limits, all within the phase deadline.
-/// The report goes to stdout, logs to stderr.
+/// Steps run by their graph: a step starts once the steps it `needs` have
+/// succeeded (by default, once the step or `concurrent` group before it in
+/// the file has ended), each in its own sandbox under its limits, all within
+/// the phase deadline; `always` steps run even after a failure, with time
+/// kept for them. The report goes to stdout, logs to stderr.
 #[derive(Debug, Args)]
 #[command(after_help = "\
 Examples:
   lifehook run                                  # pre-stop phase of ./lifehook.toml
   lifehook run -f /etc/lifehook/lifehook.toml --phase post-start
   lifehook run --only notify --report json
+  lifehook run --skip-tag slow --skip save-state
   lifehook run --dry-run                        # check and show the plan, run nothing
 
 In a Kubernetes container spec:
@@ -38,9 +41,8 @@ pub struct Run {
     #[arg(long, value_enum, default_value = "pre-stop")]
     phase: PhaseArg,
 
-    /// Run only this step (repeat for several); the others are not loaded.
-    #[arg(long, value_name = "STEP")]
-    only: Vec<String>,
+    #[command(flatten)]
+    select: SelectArgs,
 
     /// Check the pipeline and load its plugins, print the plan, run nothing.
     #[arg(long)]
@@ -56,13 +58,78 @@ pub struct Run {
     deadline: Option<Duration>,
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(text) {
+/// Which steps run; the others appear in the report as skipped, with why.
+#[derive(Debug, Clone, Args)]
+pub struct SelectArgs {
+    /// Run only this step (repeat for several). A step it needs that is not
+    /// selected counts as succeeded.
+    #[arg(long, value_name = "STEP")]
+    only: Vec<String>,
+
+    /// Leave this step out (repeat for several).
+    #[arg(long, value_name = "STEP")]
+    skip: Vec<String>,
+
+    /// Run only steps with this tag (repeat for any of several).
+    #[arg(long, value_name = "TAG")]
+    tag: Vec<String>,
+
+    /// Leave out steps with this tag (repeat for several).
+    #[arg(long, value_name = "TAG")]
+    skip_tag: Vec<String>,
+}
+
+impl SelectArgs {
+    /// The selection, after checking every name and tag against `phase`.
+    pub fn selection(&self, phase: &Phase) -> Result<Selection, UsageError> {
+        let steps: Vec<&str> = phase.steps.iter().map(|s| s.name.as_str()).collect();
+        let mut tags: Vec<&str> = phase
+            .steps
+            .iter()
+            .flat_map(|s| &s.tags)
+            .map(String::as_str)
+            .collect();
+        tags.sort_unstable();
+        tags.dedup();
+        for (flag, given, known, what) in [
+            ("--only", &self.only, &steps, "steps"),
+            ("--skip", &self.skip, &steps, "steps"),
+            ("--tag", &self.tag, &tags, "tags"),
+            ("--skip-tag", &self.skip_tag, &tags, "tags"),
+        ] {
+            let unknown: Vec<&str> = given
+                .iter()
+                .map(String::as_str)
+                .filter(|g| !known.contains(g))
+                .collect();
+            if !unknown.is_empty() {
+                let known = if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                };
+                let noun = if what == "steps" { "step" } else { "tag" };
+                return Err(UsageError(format!(
+                    "{flag} names no {noun} of [{}]: {}; its {what} are: {known}",
+                    phase.name,
+                    unknown.join(", "),
+                )));
+            }
+        }
+        Ok(Selection {
+            only: self.only.clone(),
+            skip: self.skip.clone(),
+            tags: self.tag.clone(),
+            skip_tags: self.skip_tag.clone(),
+        })
+    }
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    match lifehook_units::parse_duration(text) {
         Ok(d) if !d.is_zero() => Ok(d),
-        Ok(_) => Err("the deadline must be more than zero".into()),
-        Err(e) => Err(format!(
-            "{e}; write a number and a unit, like \"500ms\" or \"25s\""
-        )),
+        Ok(_) => Err("it must be more than zero".into()),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -78,135 +145,93 @@ impl Run {
                 self.pipeline.file.display()
             );
             print_out(&format!("lifehook {phase_name}: ok - no steps\n"))?;
-            return Ok(lifehook_runtime::EXIT_OK);
+            return Ok(EXIT_OK);
         };
-        check_only(phase, &self.only)?;
-        let rt = Runtime::new().context("cannot start the WebAssembly engine")?;
+        let selection = self.select.selection(phase)?;
+        for finding in &pipeline.findings {
+            tracing::info!("{}", finding.message);
+        }
+        let runner = self.cache.runner(&pipeline.path)?;
         if let Some(started) = crate::STARTED.get() {
             tracing::debug!(
                 "pipeline loaded and engine ready {:?} after start",
                 started.elapsed()
             );
         }
+        if self.dry_run {
+            return self.dry_run(&runner, &pipeline.path, phase, &selection);
+        }
         let options = RunOptions {
-            only: self.only.clone(),
+            selection,
             deadline: self.deadline,
-            cache: Some(self.cache.cache(&pipeline.path)),
             started: crate::STARTED.get().copied(),
         };
-        if self.dry_run {
-            return self.dry_run(&rt, &pipeline, phase, &options);
-        }
         let runtime = tokio_runtime()?;
-        let report = runtime.block_on(lifehook_runtime::run_phase(
-            &rt,
-            &pipeline.path,
-            phase,
-            &options,
-        ));
+        let report = runtime.block_on(runner.run(&pipeline.path, phase, &options));
         // Not waiting for the blocking threads: a compile for a step that
         // was skipped may still be running, and even idle ones took ~10 ms
         // here to wake up and exit. The process ends right after the report.
         runtime.shutdown_background();
         match self.report {
-            ReportFormat::Text => print_out(&report.to_text())?,
-            ReportFormat::Json => print_out(&format!("{}\n", report.to_json()))?,
+            ReportFormat::Text => print_out(&render::text(&report))?,
+            ReportFormat::Json => print_out(&format!("{}\n", render::json(&report)))?,
         }
-        Ok(report.exit_code)
+        Ok(render::exit_code(report.status))
     }
 
     fn dry_run(
         &self,
-        rt: &Runtime,
-        pipeline: &Pipeline,
+        runner: &Runner,
+        pipeline: &std::path::Path,
         phase: &Phase,
-        options: &RunOptions,
+        selection: &Selection,
     ) -> anyhow::Result<i32> {
-        let cache = options.cache.as_ref();
-        let steps: Vec<_> = phase
+        let selected = phase
             .steps
             .iter()
-            .filter(|s| self.only.is_empty() || self.only.contains(&s.name))
-            .collect();
-        let mut problems = Vec::new();
-        let mut kinds = Vec::new();
-        for step in &steps {
-            let loaded = match cache {
-                Some(c) => c.load(rt, &step.plugin),
-                None => lifehook_runtime::Plugin::load(rt, &step.plugin),
-            };
-            match loaded {
-                Ok(p) => kinds.push(Some(p.kind)),
-                Err(e) => {
-                    kinds.push(None);
-                    problems.push(e.to_string());
-                }
-            }
+            .filter(|s| selection.excludes(s).is_none());
+        let (kinds, problems) = load_plugins(runner, selected);
+        let mut phase = phase.clone();
+        if let Some(deadline) = self.deadline {
+            phase.deadline = deadline;
         }
-        let deadline = options.deadline.unwrap_or(phase.deadline);
         match self.report {
             ReportFormat::Json => {
-                let plan = serde_json::json!({
-                    "pipeline": pipeline.path,
-                    "phase": phase.name,
-                    "deadline_ms": deadline.as_millis() as u64,
-                    "steps": steps.iter().zip(&kinds).map(|(s, k)| {
+                let steps: Vec<serde_json::Value> = phase
+                    .steps
+                    .iter()
+                    .map(|s| {
                         let mut v = serde_json::to_value(s).unwrap_or_default();
-                        v["kind"] = serde_json::to_value(k).unwrap_or_default();
+                        let kind = s
+                            .plugin()
+                            .and_then(|p| kinds.get(p))
+                            .and_then(|k| k.as_ref().ok());
+                        v["kind"] = serde_json::to_value(kind).unwrap_or_default();
+                        v["skipped"] =
+                            serde_json::to_value(selection.excludes(s)).unwrap_or_default();
                         v
-                    }).collect::<Vec<_>>(),
+                    })
+                    .collect();
+                let plan = serde_json::json!({
+                    "pipeline": pipeline,
+                    "phase": phase.name,
+                    "deadline_ms": phase.deadline.as_millis() as u64,
+                    "steps": steps,
                     "problems": problems,
                 });
                 print_out(&format!("{}\n", serde_json::to_string_pretty(&plan)?))?;
             }
             ReportFormat::Text => {
-                let mut out = format!(
-                    "lifehook {} (dry run): {} steps, deadline {}\n",
-                    phase.name,
-                    steps.len(),
-                    lifehook_runtime::human(deadline)
-                );
-                for (s, k) in steps.iter().zip(&kinds) {
-                    out += &super::check::describe_step(s, *k);
-                }
-                for p in &problems {
-                    out += &format!("error: {p}\n");
-                }
+                let mut out = format!("lifehook {} (dry run)\n", phase.name);
+                out += &describe_phase(&phase, &kinds, selection);
                 print_out(&out)?;
+                print_problems(&problems);
             }
         }
         Ok(if problems.is_empty() {
-            lifehook_runtime::EXIT_OK
+            EXIT_OK
         } else {
-            lifehook_runtime::EXIT_INVALID
+            EXIT_INVALID
         })
-    }
-}
-
-/// Every `--only` name must be a step of the phase.
-fn check_only(phase: &Phase, only: &[String]) -> Result<(), UsageError> {
-    let unknown: Vec<&str> = only
-        .iter()
-        .filter(|name| !phase.steps.iter().any(|s| &&s.name == name))
-        .map(String::as_str)
-        .collect();
-    if unknown.is_empty() {
-        return Ok(());
-    }
-    let names: Vec<&str> = phase.steps.iter().map(|s| s.name.as_str()).collect();
-    Err(UsageError(format!(
-        "--only names no step of [{}]: {}; its steps are: {}",
-        phase.name,
-        unknown.join(", "),
-        names.join(", ")
-    )))
-}
-
-/// Writes to stdout; a closed pipe (`lifehook run | head`) is not an error.
-pub fn print_out(text: &str) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => Ok(other?),
     }
 }

@@ -1,0 +1,219 @@
+//! The step graph of a phase. A step waits for the steps it `needs` (which
+//! must succeed) or, without `needs`, for the step or `concurrent` group
+//! before it in the file (which must only finish). This module turns both
+//! into names on each step and rejects what cannot run: unknown names, a
+//! step needing itself, `needs` beside `concurrent`, and cycles.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::diagnostic::Diagnostic;
+use crate::plan::{Phase, StepSpans};
+
+/// Why one step waits for another.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Edge {
+    /// `needs`: the other must succeed.
+    Needs,
+    /// File order: the other must finish.
+    After,
+}
+
+/// Fills `needs` and `after` of every step of `phase`; returns the problems.
+pub(crate) fn resolve(
+    phase: &mut Phase,
+    spans: &[StepSpans],
+    path: &Path,
+    source: &str,
+) -> Vec<Diagnostic> {
+    let mut problems = Vec::new();
+    let mut problem = |at: std::ops::Range<usize>, message: String, help: String| {
+        problems.push(Diagnostic::new(path, source, at, message).with_help(help));
+    };
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for (i, s) in phase.steps.iter().enumerate() {
+        index.entry(s.name.as_str()).or_insert(i);
+    }
+    let n = phase.steps.len();
+    let mut edges: Vec<Vec<(usize, Edge)>> = vec![Vec::new(); n];
+    // Where each `needs` entry is written, to point at the one closing a cycle.
+    let mut needs_at: HashMap<(usize, usize), std::ops::Range<usize>> = HashMap::new();
+    let mut previous_group: Vec<usize> = Vec::new();
+    let mut group: Vec<usize> = Vec::new();
+    let mut group_is_concurrent = false;
+    for i in 0..n {
+        let step = &phase.steps[i];
+        let explicit = spans[i].needs.as_ref();
+        if let (Some(_), Some(c)) = (
+            explicit,
+            spans[i].concurrent.as_ref().filter(|c| *c.get_ref()),
+        ) {
+            problem(
+                c.span(),
+                format!("step `{}` has both `needs` and `concurrent`", step.name),
+                "with `needs`, a step starts as soon as what it needs has succeeded, alongside anything else that is ready; remove `concurrent`".into(),
+            );
+        }
+        let concurrent = step.concurrent && explicit.is_none();
+        if concurrent && group_is_concurrent {
+            group.push(i);
+        } else {
+            previous_group = std::mem::replace(&mut group, vec![i]);
+            group_is_concurrent = concurrent;
+        }
+        let Some(needs) = explicit else {
+            edges[i] = previous_group.iter().map(|&j| (j, Edge::After)).collect();
+            continue;
+        };
+        for entry in needs.get_ref() {
+            let name = entry.get_ref().as_str();
+            match index.get(name) {
+                Some(&j) if j == i => problem(
+                    entry.span(),
+                    format!("step `{name}` needs itself"),
+                    "list the steps that must succeed before this one".into(),
+                ),
+                Some(&j) => {
+                    if !edges[i].iter().any(|(k, _)| *k == j) {
+                        edges[i].push((j, Edge::Needs));
+                        needs_at.insert((i, j), entry.span());
+                    }
+                }
+                None => problem(
+                    entry.span(),
+                    format!(
+                        "step `{}` needs `{name}`, which is not a step of [{}]",
+                        step.name, phase.name
+                    ),
+                    format!(
+                        "the steps of [{}] are: {}",
+                        phase.name,
+                        phase
+                            .steps
+                            .iter()
+                            .map(|s| s.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ),
+            }
+        }
+    }
+    if let Some(cycle) = find_cycle(&edges) {
+        let names = |i: usize| format!("`{}`", phase.steps[i].name);
+        let mut why = Vec::new();
+        let mut at = None;
+        for pair in cycle.windows(2) {
+            let (from, to) = (pair[0], pair[1]);
+            let kind = edges[from]
+                .iter()
+                .find(|(j, _)| *j == to)
+                .map_or(Edge::After, |(_, k)| *k);
+            match kind {
+                Edge::Needs => {
+                    at = at.or_else(|| needs_at.get(&(from, to)).cloned());
+                    why.push(format!("{} needs {}", names(from), names(to)));
+                }
+                Edge::After => why.push(format!(
+                    "{} runs after {} in file order (give {} its own `needs` to change that)",
+                    names(from),
+                    names(to),
+                    names(from)
+                )),
+            }
+        }
+        let members: Vec<String> = cycle[..cycle.len() - 1].iter().map(|&i| names(i)).collect();
+        let at = at.unwrap_or_else(|| spans[cycle[0]].name.span());
+        problem(
+            at,
+            format!("steps {} wait for each other", members.join(", ")),
+            format!("{}; break the cycle", why.join("; ")),
+        );
+    }
+    let names: Vec<String> = phase.steps.iter().map(|s| s.name.clone()).collect();
+    for (step, list) in phase.steps.iter_mut().zip(edges) {
+        let of = |kind: Edge| {
+            list.iter()
+                .filter(|(_, k)| *k == kind)
+                .map(|&(j, _)| names[j].clone())
+                .collect()
+        };
+        step.needs = of(Edge::Needs);
+        step.after = of(Edge::After);
+    }
+    problems
+}
+
+/// A cycle as step indices, first repeated at the end, when there is one.
+/// Iterative (Kahn's algorithm, then a walk inside what is left), so a
+/// file with thousands of steps cannot overflow the stack.
+fn find_cycle(edges: &[Vec<(usize, Edge)>]) -> Option<Vec<usize>> {
+    let n = edges.len();
+    let mut waiting: Vec<usize> = edges.iter().map(Vec::len).collect();
+    let mut dependants: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, list) in edges.iter().enumerate() {
+        for &(j, _) in list {
+            dependants[j].push(i);
+        }
+    }
+    let mut ready: Vec<usize> = (0..n).filter(|&i| waiting[i] == 0).collect();
+    let mut done = vec![false; n];
+    while let Some(j) = ready.pop() {
+        done[j] = true;
+        for &i in &dependants[j] {
+            waiting[i] -= 1;
+            if waiting[i] == 0 {
+                ready.push(i);
+            }
+        }
+    }
+    // Every step left waits for another step left: walking from any of
+    // them must come back to a step already seen.
+    let start = (0..n).find(|&i| !done[i])?;
+    let mut seen_at = vec![usize::MAX; n];
+    let mut walk = Vec::new();
+    let mut at = start;
+    while seen_at[at] == usize::MAX {
+        seen_at[at] = walk.len();
+        walk.push(at);
+        at = edges[at].iter().map(|&(j, _)| j).find(|&j| !done[j])?;
+    }
+    let mut cycle = walk.split_off(seen_at[at]);
+    cycle.push(at);
+    Some(cycle)
+}
+
+/// Indices of `phase`'s steps, each after every step it waits for.
+pub fn topological_order(phase: &Phase) -> Vec<usize> {
+    let index: HashMap<&str, usize> = phase
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), i))
+        .collect();
+    let n = phase.steps.len();
+    let mut waiting = vec![0usize; n];
+    let mut dependants: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, s) in phase.steps.iter().enumerate() {
+        for dep in s.waits_for() {
+            if let Some(&j) = index.get(dep) {
+                waiting[i] += 1;
+                dependants[j].push(i);
+            }
+        }
+    }
+    // Smallest index first, so independent steps keep their file order.
+    let mut ready: std::collections::BTreeSet<usize> =
+        (0..n).filter(|&i| waiting[i] == 0).collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(j) = ready.pop_first() {
+        order.push(j);
+        for &i in &dependants[j] {
+            waiting[i] -= 1;
+            if waiting[i] == 0 {
+                ready.insert(i);
+            }
+        }
+    }
+    order
+}

@@ -1,0 +1,70 @@
+//! The outbound HTTP gate: a request leaves only when one of the step's
+//! `allow.http` grants matches its origin, and never with timeouts beyond the
+//! attempt's deadline. wasi-http calls [`HttpGate::send_request`] for every
+//! request a plugin sends.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lifehook_manifest::{HttpGrant, Scheme};
+use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpHooks};
+
+use crate::denials::Denials;
+
+/// Lets a request out only when a grant allows its origin, and never with
+/// timeouts beyond the attempt's deadline.
+pub(crate) struct HttpGate {
+    pub(crate) grants: Arc<[HttpGrant]>,
+    pub(crate) deadline: Instant,
+    pub(crate) denials: Denials,
+}
+
+type SendResult = wasmtime_wasi_http::Result<(
+    http::Response<WasiBody>,
+    Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+)>;
+
+impl WasiHttpHooks for HttpGate {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+    ) -> Box<dyn Future<Output = SendResult> + Send> {
+        drop(fut);
+        let uri = request.uri();
+        let scheme = uri.scheme_str().and_then(Scheme::parse);
+        let host = uri.host().unwrap_or_default();
+        let allowed = scheme.is_some_and(|scheme| {
+            let port = uri.port_u16().unwrap_or(scheme.default_port());
+            self.grants.iter().any(|g| g.allows(scheme, host, port))
+        });
+        if !allowed {
+            let origin = match uri.authority() {
+                Some(a) => format!("{}://{a}", uri.scheme_str().unwrap_or("http")),
+                None => uri.to_string(),
+            };
+            self.denials.record(
+                format!("HTTP {} {origin}{}", request.method(), uri.path()),
+                format!("allow.http = [\"{origin}\"]"),
+            );
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let cap = |t: Option<Duration>| Some(t.map_or(left, |t| t.min(left)));
+        let options = RequestOptions {
+            connect_timeout: cap(options.and_then(|o| o.connect_timeout)),
+            first_byte_timeout: cap(options.and_then(|o| o.first_byte_timeout)),
+            between_bytes_timeout: cap(options.and_then(|o| o.between_bytes_timeout)),
+        };
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let (response, io) =
+                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            Ok((
+                response.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+            ))
+        })
+    }
+}
