@@ -4,6 +4,7 @@
 //! `lifehook-runtime`.
 
 mod commands;
+mod delivery;
 mod logging;
 mod render;
 

@@ -417,12 +417,7 @@ impl Resolver<'_> {
         m.get_ref().0
     }
 
-    fn phase(
-        &mut self,
-        name: PhaseName,
-        raw: Spanned<RawPhase>,
-        defaults: &Defaults,
-    ) -> Phase {
+    fn phase(&mut self, name: PhaseName, raw: Spanned<RawPhase>, defaults: &Defaults) -> Phase {
         let phase_span = raw.span();
         let raw = raw.into_inner();
         if name == PhaseName::PostStart {

@@ -43,6 +43,14 @@ pub struct Selection {
 }
 
 impl Selection {
+    /// True when every step runs.
+    pub fn is_everything(&self) -> bool {
+        self.only.is_empty()
+            && self.skip.is_empty()
+            && self.tags.is_empty()
+            && self.skip_tags.is_empty()
+    }
+
     /// Why `step` is left out, or `None` when it runs.
     pub fn excludes(&self, step: &Step) -> Option<String> {
         let listed = |list: &[String]| list.join(", ");

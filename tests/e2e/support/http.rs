@@ -4,6 +4,7 @@
 //! Paths: `/ok` answers 204; `/status/<code>` answers that code;
 //! `/flaky/<n>` answers 503 to its first n requests, then 200;
 //! `/busy/<secs>` answers 429 with `Retry-After: <secs>` once, then 200;
+//! `/slow/<ms>` answers 204 after that many milliseconds;
 //! `/hang` never answers; anything else answers 200.
 
 use std::collections::HashMap;
@@ -109,6 +110,10 @@ fn respond(request: tiny_http::Request, path: &str, seen: u32) {
             let header =
                 tiny_http::Header::from_bytes("Retry-After", secs.as_bytes()).expect("header");
             request.respond(response(429).with_header(header))
+        }
+        ["slow", ms] => {
+            std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
+            request.respond(tiny_http::Response::empty(204))
         }
         ["hang"] => {
             std::thread::sleep(Duration::from_secs(3600));

@@ -101,8 +101,21 @@ pub fn lifehook() -> Command {
         }
     }
     cmd.env("LIFEHOOK_CACHE", shared_cache());
+    // Each command gets a state directory of its own, so that running a
+    // pipeline twice runs it twice; the at-least-once tests share one on
+    // purpose.
+    cmd.env("LIFEHOOK_STATE_DIR", fresh_state_dir());
     cmd.stdin(Stdio::null());
     cmd
+}
+
+/// A state directory no other command has used.
+pub fn fresh_state_dir() -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("state")
+        .join(format!("{}-{n}", std::process::id()))
 }
 
 pub fn run_command(mut cmd: Command) -> Run {

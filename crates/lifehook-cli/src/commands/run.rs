@@ -1,14 +1,15 @@
 //! `lifehook run`: runs one phase of the pipeline.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Args;
-use lifehook_manifest::{Phase, PhaseName};
+use lifehook_manifest::{Phase, PhaseName, Pipeline};
 use lifehook_runtime::{RunOptions, Runner, Selection};
 
 use super::common::{describe_phase, load_plugins, print_out, print_problems, tokio_runtime};
 use super::{CacheArgs, PhaseArg, PipelineArgs, ReportFormat, UsageError};
-use crate::render::{self, EXIT_INVALID, EXIT_OK};
+use crate::delivery::{Claim, Delivery, Guard};
+use crate::render::{self, EXIT_DEADLINE, EXIT_INVALID, EXIT_OK};
 
 /// Run one phase of the pipeline and print its report.
 ///
@@ -51,6 +52,12 @@ pub struct Run {
     /// Report format on stdout.
     #[arg(long, value_enum, default_value = "text")]
     report: ReportFormat,
+
+    /// Run even if an earlier delivery already completed this phase in this
+    /// container (hooks are delivered at least once: without it, a repeat
+    /// prints the first run's report and runs nothing).
+    #[arg(long)]
+    force: bool,
 
     /// Replace the phase's deadline (like "25s"), for example to fit the pod's
     /// terminationGracePeriodSeconds.
@@ -125,6 +132,14 @@ impl SelectArgs {
     }
 }
 
+/// What a delivery does after its claim.
+enum Turn {
+    /// Run the phase (recording its marker through the guard, if any).
+    Run(Option<Guard>),
+    /// Nothing to run: exit with this code.
+    Done(i32),
+}
+
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     match lifehook_units::parse_duration(text) {
         Ok(d) if !d.is_zero() => Ok(d),
@@ -151,6 +166,16 @@ impl Run {
         for finding in &pipeline.findings {
             tracing::info!("{}", finding.message);
         }
+        let started = crate::STARTED.get().copied().unwrap_or_else(Instant::now);
+        let deadline = started + self.deadline.unwrap_or(phase.deadline);
+        // Only a run of the whole phase counts as its delivery.
+        let guard = match (self.dry_run, selection.is_everything()) {
+            (false, true) => match self.claim(&pipeline, phase_name, deadline)? {
+                Turn::Run(guard) => guard,
+                Turn::Done(code) => return Ok(code),
+            },
+            _ => None,
+        };
         let runner = self.cache.runner(&pipeline.path)?;
         if let Some(started) = crate::STARTED.get() {
             tracing::debug!(
@@ -164,7 +189,7 @@ impl Run {
         let options = RunOptions {
             selection,
             deadline: self.deadline,
-            started: crate::STARTED.get().copied(),
+            started: Some(started),
         };
         let runtime = tokio_runtime()?;
         let report = runtime.block_on(runner.run(&pipeline.path, phase, &options));
@@ -172,11 +197,54 @@ impl Run {
         // was skipped may still be running, and even idle ones took ~10 ms
         // here to wake up and exit. The process ends right after the report.
         runtime.shutdown_background();
+        let (text, json) = (render::text(&report), render::json(&report));
         match self.report {
-            ReportFormat::Text => print_out(&render::text(&report))?,
-            ReportFormat::Json => print_out(&format!("{}\n", render::json(&report)))?,
+            ReportFormat::Text => print_out(&text)?,
+            ReportFormat::Json => print_out(&format!("{json}\n"))?,
         }
-        Ok(render::exit_code(report.status))
+        let code = render::exit_code(report.status);
+        if let Some(guard) = guard
+            && code == EXIT_OK
+        {
+            guard.complete(text, serde_json::from_str(&json).unwrap_or_default());
+        }
+        Ok(code)
+    }
+
+    /// This delivery's turn (see `delivery`): run, or report an earlier
+    /// delivery's run, or give up waiting for a concurrent one.
+    fn claim(
+        &self,
+        pipeline: &Pipeline,
+        phase: PhaseName,
+        deadline: Instant,
+    ) -> anyhow::Result<Turn> {
+        let contents = std::fs::read(&pipeline.path).unwrap_or_default();
+        let Some(delivery) = Delivery::new(pipeline, &contents, phase) else {
+            return Ok(Turn::Run(None));
+        };
+        match delivery.claim(deadline, self.force) {
+            Ok(Claim::Run(guard)) => Ok(Turn::Run(Some(guard))),
+            Ok(Claim::Repeat(marker)) => {
+                match self.report {
+                    ReportFormat::Text => print_out(&marker.repeat_text(phase))?,
+                    ReportFormat::Json => print_out(&format!("{}\n", marker.repeat_json()))?,
+                }
+                Ok(Turn::Done(EXIT_OK))
+            }
+            Ok(Claim::Busy) => {
+                print_out(&format!(
+                    "lifehook {phase}: DEADLINE reached while another delivery of this phase was still running; not run again\n"
+                ))?;
+                Ok(Turn::Done(EXIT_DEADLINE))
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "cannot lock the done-marker of [{phase}] ({e}); running without it"
+                );
+                Ok(Turn::Run(None))
+            }
+        }
     }
 
     fn dry_run(
