@@ -7,6 +7,7 @@ mod support;
 mod cache;
 mod cli;
 mod delivery;
+mod exec;
 mod grants;
 mod graph;
 mod limits;

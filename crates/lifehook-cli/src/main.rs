@@ -7,6 +7,7 @@ mod commands;
 mod delivery;
 mod logging;
 mod render;
+mod supervisor;
 
 // See Cargo.toml: musl's own allocator costs start-up time and makes
 // compiling plugins 2-3x slower.

@@ -242,3 +242,62 @@ pub fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// The test application (tests/app), built once per test process.
+pub fn test_app() -> &'static Path {
+    static APP: OnceLock<PathBuf> = OnceLock::new();
+    APP.get_or_init(|| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--package",
+                "lifehook-test-app",
+                "--bin",
+                "test-app",
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo to build the test app");
+        assert!(status.success(), "building tests/app failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+            || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"),
+            PathBuf::from,
+        );
+        target.join("debug/test-app")
+    })
+}
+
+/// The events a test app recorded, without their times.
+pub fn app_events(file: &Path) -> Vec<String> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(_, e)| e.to_owned()))
+        .collect()
+}
+
+/// When the test app recorded `event` first, in Unix milliseconds.
+pub fn app_event_time(file: &Path, event: &str) -> Option<u128> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .find(|(_, e)| *e == event)
+        .and_then(|(t, _)| t.parse().ok())
+}
+
+/// Now, in Unix milliseconds.
+pub fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
+/// Sends `signal` to `pid`.
+pub fn send_signal(pid: u32, signal: i32) {
+    #[expect(unsafe_code, reason = "kill(2) with plain integers")]
+    // SAFETY: kill takes a pid and a signal number and touches no memory.
+    let rc = unsafe { libc::kill(pid as i32, signal) };
+    assert_eq!(rc, 0, "kill({pid}, {signal})");
+}

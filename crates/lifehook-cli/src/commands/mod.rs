@@ -3,6 +3,7 @@
 mod check;
 mod common;
 mod compile;
+mod exec;
 mod run;
 
 use std::path::{Path, PathBuf};
@@ -38,6 +39,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     Run(run::Run),
+    Exec(exec::Exec),
     Check(check::Check),
     Compile(compile::Compile),
 }
@@ -47,6 +49,7 @@ impl Command {
     pub fn execute(self) -> anyhow::Result<i32> {
         match self {
             Command::Run(c) => c.execute(),
+            Command::Exec(c) => c.execute(),
             Command::Check(c) => c.execute(),
             Command::Compile(c) => c.execute(),
         }

@@ -1,0 +1,366 @@
+//! `lifehook exec`: the entrypoint mode. lifehook starts the application as
+//! its child and plays the kubelet's part around it: post-start alongside
+//! the application, pre-stop on SIGTERM or SIGINT, then the signal, then
+//! SIGKILL when the grace period is over; and, as PID 1, reaps every zombie.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use lifehook_manifest::{Phase, PhaseName, Pipeline};
+use lifehook_runtime::{PhaseReport, PhaseStatus, RunOptions, Runner};
+use lifehook_units::format_duration;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::common::tokio_runtime;
+use super::run::parse_duration;
+use super::{CacheArgs, PipelineArgs};
+use crate::render;
+use crate::supervisor::{App, Ended, become_subreaper, signal_name};
+
+/// Run an application under lifehook: post-start alongside it, pre-stop on
+/// SIGTERM/SIGINT before the signal reaches it, SIGKILL when the grace
+/// period is over. For runtimes without lifecycle hooks (docker or podman
+/// `stop`, Nomad, systemd, a shell) and to rehearse a pod's termination.
+///
+/// The application runs in its own process group; SIGQUIT, SIGHUP, SIGUSR1,
+/// SIGUSR2 and SIGWINCH are forwarded to it at once. A second SIGTERM or
+/// SIGINT during pre-stop does not start pre-stop again. If the application
+/// exits on its own, pre-stop does not run (as in Kubernetes) unless
+/// --pre-stop-on-exit is given. If post-start fails, the application is
+/// stopped as the kubelet does (pre-stop, SIGTERM, SIGKILL after the grace
+/// period) and lifehook exits non-zero. lifehook exits with the
+/// application's exit code, or 128+N when a signal N killed it, and prints a
+/// timeline of what happened to stderr.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  lifehook exec -- ./server --port 8080
+  lifehook exec -f /etc/lifehook/lifehook.toml --grace-period 45s -- /app
+
+As a container's entrypoint (PID 1, reaping zombies):
+  ENTRYPOINT [\"/lifehook\", \"exec\", \"-f\", \"/etc/lifehook/lifehook.toml\", \"--\"]
+  CMD [\"/app\"]")]
+pub struct Exec {
+    #[command(flatten)]
+    pipeline: PipelineArgs,
+
+    #[command(flatten)]
+    cache: CacheArgs,
+
+    /// Time from the stop signal to SIGKILL, like the pod's
+    /// terminationGracePeriodSeconds. Pre-stop gets at most this; the
+    /// application then gets what is left, and at least 2s.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    grace_period: Duration,
+
+    /// Run pre-stop also when the application exits on its own.
+    #[arg(long)]
+    pre_stop_on_exit: bool,
+
+    /// The application and its arguments, after `--`.
+    #[arg(required = true, last = true, value_name = "COMMAND")]
+    command: Vec<OsString>,
+}
+
+/// The least time the application gets between the forwarded signal and
+/// SIGKILL, whatever pre-stop used: the kubelet's own minimum.
+const MIN_DRAIN: Duration = Duration::from_secs(2);
+
+impl Exec {
+    pub fn execute(self) -> anyhow::Result<i32> {
+        let pipeline = lifehook_manifest::load(&self.pipeline.file, None)?;
+        let runner = self.cache.runner(&pipeline.path)?;
+        let runtime = tokio_runtime()?;
+        let code = runtime.block_on(self.supervise(&pipeline, runner))?;
+        runtime.shutdown_background();
+        Ok(code)
+    }
+
+    async fn supervise(&self, pipeline: &Pipeline, runner: Runner) -> anyhow::Result<i32> {
+        let mut timeline = Timeline::new();
+        become_subreaper();
+        // Handlers go in before the application starts, so that no signal
+        // (its SIGCHLD included) can be missed.
+        let (tx, mut signals) = mpsc::unbounded_channel();
+        for sig in [
+            libc::SIGCHLD,
+            libc::SIGTERM,
+            libc::SIGINT,
+            libc::SIGQUIT,
+            libc::SIGHUP,
+            libc::SIGUSR1,
+            libc::SIGUSR2,
+            libc::SIGWINCH,
+        ] {
+            let mut stream = signal(SignalKind::from_raw(sig))?;
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while stream.recv().await.is_some() {
+                    if tx.send(sig).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let app = match App::start(&self.command) {
+            Ok(app) => app,
+            Err(e) => {
+                eprintln!(
+                    "error: cannot start {}: {e}",
+                    self.command[0].to_string_lossy()
+                );
+                return Ok(127);
+            }
+        };
+        let command: Vec<String> = self
+            .command
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        timeline.event(format!(
+            "app started: {} (pid {})",
+            command.join(" "),
+            app.pid()
+        ));
+        let phases = Phases {
+            runner,
+            pipeline: pipeline.path.clone(),
+        };
+        let ended = app.reap();
+        let mut s = Supervision {
+            grace: self.grace_period,
+            pipeline,
+            post_start: pipeline
+                .phase(PhaseName::PostStart)
+                .map(|p| phases.start(p, None)),
+            phases,
+            app,
+            timeline,
+            pre_stop: None,
+            stop: None,
+            kill_at: None,
+            ended,
+            post_start_failed: false,
+            pre_stop_ran: false,
+        };
+        loop {
+            if let Some(how) = s.ended {
+                s.abandon_post_start("the app is gone");
+                let wanted = self.pre_stop_on_exit && s.stop.is_none() && !s.pre_stop_ran;
+                if let (true, Some(phase)) = (wanted, pipeline.phase(PhaseName::PreStop)) {
+                    s.timeline.event(format!(
+                        "app {}; --pre-stop-on-exit: running pre-stop",
+                        how.describe()
+                    ));
+                    s.pre_stop = Some(s.phases.start(phase, None));
+                    s.pre_stop_ran = true;
+                    s.stop = Some((libc::SIGTERM, Instant::now() + self.grace_period));
+                }
+                if s.pre_stop.is_none() {
+                    break;
+                }
+            }
+            tokio::select! {
+                Some(sig) = signals.recv() => s.on_signal(sig),
+                joined = join(&mut s.post_start), if s.post_start.is_some() => {
+                    s.post_start = None;
+                    if let Some(report) = joined {
+                        s.timeline.phase_done(&report);
+                        if report.status != PhaseStatus::Ok && s.stop.is_none() && s.ended.is_none() {
+                            s.post_start_failed = true;
+                            s.timeline.event("post-start failed: stopping the app, as the kubelet does".into());
+                            s.begin_stop(libc::SIGTERM);
+                        }
+                    }
+                },
+                joined = join(&mut s.pre_stop), if s.pre_stop.is_some() => {
+                    s.pre_stop = None;
+                    if let Some(report) = joined {
+                        s.timeline.phase_done(&report);
+                    }
+                    if let (None, Some((sig, grace_end))) = (s.ended, s.stop) {
+                        s.forward_stop(sig, grace_end);
+                    }
+                },
+                () = sleep_until(s.kill_at), if s.kill_at.is_some() && s.ended.is_none() => {
+                    s.kill_at = None;
+                    s.app.signal_group(libc::SIGKILL);
+                    s.timeline.event("grace period over: SIGKILL sent to the app's process group".into());
+                },
+            }
+        }
+        // Orphans that ended with the app.
+        let _ = s.app.reap();
+        eprint!("{}", s.timeline.render());
+        let code = s.ended.map_or(1, Ended::code);
+        Ok(if s.post_start_failed && code == 0 {
+            1
+        } else {
+            code
+        })
+    }
+}
+
+/// The state of one supervised application.
+struct Supervision<'a> {
+    grace: Duration,
+    pipeline: &'a Pipeline,
+    phases: Phases,
+    app: App,
+    timeline: Timeline,
+    post_start: Option<JoinHandle<PhaseReport>>,
+    pre_stop: Option<JoinHandle<PhaseReport>>,
+    /// The stop signal and when the grace period ends, once stopping.
+    stop: Option<(i32, Instant)>,
+    /// When to SIGKILL the group.
+    kill_at: Option<Instant>,
+    ended: Option<Ended>,
+    post_start_failed: bool,
+    pre_stop_ran: bool,
+}
+
+impl Supervision<'_> {
+    fn on_signal(&mut self, sig: i32) {
+        match sig {
+            libc::SIGCHLD => {
+                if let Some(how) = self.app.reap() {
+                    self.timeline.event(format!("app {}", how.describe()));
+                    self.ended = Some(how);
+                }
+            }
+            libc::SIGTERM | libc::SIGINT => {
+                self.timeline
+                    .event(format!("{} received", signal_name(sig)));
+                if self.stop.is_some() {
+                    self.timeline
+                        .event("already stopping: pre-stop is not started again".into());
+                } else if self.ended.is_none() {
+                    self.begin_stop(sig);
+                }
+            }
+            other => {
+                self.app.signal_group(other);
+                self.timeline
+                    .event(format!("{} forwarded to the app", signal_name(other)));
+            }
+        }
+    }
+
+    /// Stopping, asked by a signal or a failed post-start: pre-stop first,
+    /// or the signal at once when there is no pre-stop.
+    fn begin_stop(&mut self, sig: i32) {
+        let grace_end = Instant::now() + self.grace;
+        self.stop = Some((sig, grace_end));
+        self.abandon_post_start("stopping");
+        match self.pipeline.phase(PhaseName::PreStop) {
+            Some(phase) => {
+                self.pre_stop = Some(self.phases.start(phase, Some(self.grace)));
+                self.pre_stop_ran = true;
+                self.timeline.event(format!(
+                    "pre-stop started (deadline {})",
+                    format_duration(phase.deadline.min(self.grace))
+                ));
+            }
+            None => self.forward_stop(sig, grace_end),
+        }
+    }
+
+    /// Sends the stop signal on and sets the SIGKILL for what is left of
+    /// the grace period, and at least [`MIN_DRAIN`].
+    fn forward_stop(&mut self, sig: i32, grace_end: Instant) {
+        self.app.signal_group(sig);
+        self.timeline
+            .event(format!("{} forwarded to the app", signal_name(sig)));
+        self.kill_at = Some(grace_end.max(Instant::now() + MIN_DRAIN));
+    }
+
+    fn abandon_post_start(&mut self, why: &str) {
+        if let Some(handle) = self.post_start.take() {
+            handle.abort();
+            self.timeline.event(format!("post-start abandoned: {why}"));
+        }
+    }
+}
+
+/// Awaits a phase's task, if there is one (`None` if it was aborted).
+async fn join(task: &mut Option<JoinHandle<PhaseReport>>) -> Option<PhaseReport> {
+    match task {
+        Some(handle) => handle.await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Starts phases on the runner.
+struct Phases {
+    runner: Runner,
+    pipeline: PathBuf,
+}
+
+impl Phases {
+    /// Runs `phase` from now, its deadline clipped to `within` (the grace
+    /// period, for pre-stop), and prints its report to stderr.
+    fn start(&self, phase: &Phase, within: Option<Duration>) -> JoinHandle<PhaseReport> {
+        let (runner, pipeline, phase) = (self.runner.clone(), self.pipeline.clone(), phase.clone());
+        let options = RunOptions {
+            deadline: within.map(|w| phase.deadline.min(w)),
+            started: Some(Instant::now()),
+            ..RunOptions::default()
+        };
+        tokio::spawn(async move {
+            let report = runner.run(&pipeline, &phase, &options).await;
+            eprint!("{}", render::text(&report));
+            report
+        })
+    }
+}
+
+/// What happened, when, from the start: printed at the end so a user can
+/// rehearse a pod's termination and read it back.
+struct Timeline {
+    start: Instant,
+    events: Vec<(Duration, String)>,
+}
+
+impl Timeline {
+    fn new() -> Timeline {
+        let start = crate::STARTED.get().copied().unwrap_or_else(Instant::now);
+        Timeline {
+            start,
+            events: Vec::new(),
+        }
+    }
+
+    fn event(&mut self, text: String) {
+        tracing::info!("{text}");
+        self.events.push((self.start.elapsed(), text));
+    }
+
+    fn phase_done(&mut self, report: &PhaseReport) {
+        let headline = render::text(report);
+        let headline = headline.lines().next().unwrap_or_default();
+        let text = headline
+            .strip_prefix("lifehook ")
+            .unwrap_or(headline)
+            .replacen(": ", " done: ", 1);
+        self.event(text);
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::from("lifehook exec timeline:\n");
+        for (at, text) in &self.events {
+            out += &format!("  +{:<8} {text}\n", format_duration(*at));
+        }
+        out
+    }
+}

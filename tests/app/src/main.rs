@@ -1,0 +1,195 @@
+//! A stand-in application for lifehook's tests, built from source (and
+//! statically, for `FROM scratch` images). Everything it sees goes to an
+//! event file, one `<unix ms> <event>` line each, so a test can read back
+//! what happened and in which order.
+//!
+//! ```text
+//! test-app [--events FILE] [--state FILE] [--serve ADDR] [--wait-for FILE]
+//!          [--exit-on-term CODE] [--ignore-term] [--orphan] [--exit-after MS CODE]
+//! ```
+//! - `--events FILE`: append `start`, each signal by name, `read <text>`,
+//!   `exit <code>`.
+//! - `--state FILE`: rewrite FILE with a growing counter every 50 ms.
+//! - `--serve ADDR`: answer every HTTP request with the state file.
+//! - `--wait-for FILE`: once FILE exists, record `read <its contents>`.
+//! - `--exit-on-term CODE`: exit with CODE on SIGTERM or SIGINT (default 0).
+//! - `--ignore-term`: record SIGTERM and SIGINT but keep running.
+//! - `--orphan`: start a child that starts a grandchild (living 200 ms) and
+//!   exits at once, leaving the grandchild to be reaped by whoever reaps
+//!   orphans.
+//! - `--exit-after MS CODE`: exit with CODE after MS milliseconds.
+
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH};
+
+#[derive(Default)]
+struct Options {
+    events: Option<PathBuf>,
+    state: Option<PathBuf>,
+    serve: Option<String>,
+    wait_for: Option<PathBuf>,
+    exit_on_term: i32,
+    ignore_term: bool,
+    orphan: bool,
+    exit_after: Option<(u64, i32)>,
+    spawn_and_exit: bool,
+}
+
+fn parse() -> Result<Options, String> {
+    let mut o = Options::default();
+    let mut args = std::env::args().skip(1);
+    let value = |args: &mut dyn Iterator<Item = String>, flag: &str| {
+        args.next().ok_or_else(|| format!("{flag} needs a value"))
+    };
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--events" => o.events = Some(value(&mut args, &arg)?.into()),
+            "--state" => o.state = Some(value(&mut args, &arg)?.into()),
+            "--serve" => o.serve = Some(value(&mut args, &arg)?),
+            "--wait-for" => o.wait_for = Some(value(&mut args, &arg)?.into()),
+            "--exit-on-term" => {
+                o.exit_on_term = value(&mut args, &arg)?
+                    .parse()
+                    .map_err(|e| format!("{arg}: {e}"))?;
+            }
+            "--ignore-term" => o.ignore_term = true,
+            "--orphan" => o.orphan = true,
+            "--spawn-and-exit" => o.spawn_and_exit = true,
+            "--exit-after" => {
+                let ms = value(&mut args, &arg)?
+                    .parse()
+                    .map_err(|e| format!("{arg}: {e}"))?;
+                let code = value(&mut args, &arg)?
+                    .parse()
+                    .map_err(|e| format!("{arg}: {e}"))?;
+                o.exit_after = Some((ms, code));
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(o)
+}
+
+fn now_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
+fn record(events: Option<&Path>, event: &str) {
+    let Some(path) = events else { return };
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{} {event}", now_ms());
+        let _ = f.sync_data();
+    }
+    println!("test-app: {event}");
+}
+
+fn main() {
+    let o = match parse() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("test-app: {e}");
+            std::process::exit(2);
+        }
+    };
+    let me = std::env::current_exe().unwrap_or_else(|_| "test-app".into());
+    if o.spawn_and_exit {
+        let _ = std::process::Command::new(&me)
+            .args(["--exit-after", "200", "0"])
+            .spawn();
+        return;
+    }
+    if let Some((ms, code)) = o.exit_after {
+        std::thread::sleep(Duration::from_millis(ms));
+        std::process::exit(code);
+    }
+    let events = o.events.clone();
+    record(events.as_deref(), "start");
+    let mut signals = match signal_hook::iterator::Signals::new([
+        SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH,
+    ]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("test-app: cannot install signal handlers: {e}");
+            std::process::exit(2);
+        }
+    };
+    if o.orphan
+        && let Ok(mut child) = std::process::Command::new(&me)
+            .arg("--spawn-and-exit")
+            .spawn()
+    {
+        let _ = child.wait();
+    }
+    if let Some(state) = o.state.clone() {
+        std::thread::spawn(move || {
+            for n in 0u64.. {
+                let _ = std::fs::write(&state, format!("{n}\n"));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+    }
+    if let Some(addr) = o.serve.clone() {
+        let state = o.state.clone();
+        std::thread::spawn(move || serve(&addr, state.as_deref()));
+    }
+    if let Some(file) = o.wait_for.clone() {
+        let events = events.clone();
+        std::thread::spawn(move || {
+            loop {
+                if let Ok(text) = std::fs::read_to_string(&file) {
+                    record(events.as_deref(), &format!("read {}", text.trim()));
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+    }
+    for signal in signals.forever() {
+        let name = match signal {
+            SIGTERM => "SIGTERM",
+            SIGINT => "SIGINT",
+            SIGQUIT => "SIGQUIT",
+            SIGHUP => "SIGHUP",
+            SIGUSR1 => "SIGUSR1",
+            SIGUSR2 => "SIGUSR2",
+            SIGWINCH => "SIGWINCH",
+            _ => "signal",
+        };
+        record(events.as_deref(), name);
+        if matches!(signal, SIGTERM | SIGINT) && !o.ignore_term {
+            record(events.as_deref(), &format!("exit {}", o.exit_on_term));
+            std::process::exit(o.exit_on_term);
+        }
+    }
+}
+
+/// Answers every request with the state file's contents.
+fn serve(addr: &str, state: Option<&Path>) {
+    let Ok(listener) = std::net::TcpListener::bind(addr) else {
+        eprintln!("test-app: cannot listen on {addr}");
+        return;
+    };
+    for stream in listener.incoming().flatten() {
+        let mut stream = stream;
+        let mut request = [0u8; 1024];
+        let _ = stream.read(&mut request);
+        let body = state
+            .and_then(|s| std::fs::read(s).ok())
+            .unwrap_or_default();
+        let _ = write!(
+            stream,
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = stream.write_all(&body);
+    }
+}
