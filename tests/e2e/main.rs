@@ -17,3 +17,4 @@ mod retries;
 mod sample_lock;
 mod sample_notify;
 mod sample_state;
+mod serve;

@@ -5,6 +5,7 @@ mod common;
 mod compile;
 mod exec;
 mod run;
+mod serve;
 
 use std::path::{Path, PathBuf};
 
@@ -40,6 +41,7 @@ pub struct Cli {
 pub enum Command {
     Run(run::Run),
     Exec(exec::Exec),
+    Serve(serve::Serve),
     Check(check::Check),
     Compile(compile::Compile),
 }
@@ -50,6 +52,7 @@ impl Command {
         match self {
             Command::Run(c) => c.execute(),
             Command::Exec(c) => c.execute(),
+            Command::Serve(c) => c.execute(),
             Command::Check(c) => c.execute(),
             Command::Compile(c) => c.execute(),
         }
