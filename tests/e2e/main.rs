@@ -12,6 +12,7 @@ mod grants;
 mod graph;
 mod limits;
 mod manifest_errors;
+mod pods;
 mod policy;
 mod retries;
 mod sample_lock;

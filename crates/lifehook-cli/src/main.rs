@@ -6,6 +6,7 @@
 mod commands;
 mod delivery;
 mod logging;
+mod pod;
 mod render;
 mod supervisor;
 

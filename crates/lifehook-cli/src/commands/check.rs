@@ -1,6 +1,8 @@
 //! `lifehook check`: validates a pipeline, every plugin it names, and its
 //! time budget.
 
+use std::path::PathBuf;
+
 use clap::Args;
 use lifehook_manifest::Severity;
 use lifehook_runtime::Selection;
@@ -16,7 +18,8 @@ use crate::render::{EXIT_INVALID, EXIT_OK};
 #[command(after_help = "\
 Examples:
   lifehook check
-  lifehook check -f deploy/lifehook.toml --phase pre-stop")]
+  lifehook check -f deploy/lifehook.toml --phase pre-stop
+  lifehook check -f deploy/lifehook.toml --pod deploy/deployment.yaml")]
 pub struct Check {
     #[command(flatten)]
     pipeline: PipelineArgs,
@@ -27,6 +30,13 @@ pub struct Check {
     /// Check only this phase (both by default).
     #[arg(long, value_enum)]
     phase: Option<PhaseArg>,
+
+    /// Also check a Kubernetes manifest (Pod, Deployment, StatefulSet,
+    /// DaemonSet, Job, CronJob; several documents allowed) whose lifecycle
+    /// hooks run this pipeline: valid lifehook commands for the right
+    /// phase, and a deadline that fits terminationGracePeriodSeconds.
+    #[arg(long, value_name = "FILE.yaml")]
+    pod: Option<PathBuf>,
 }
 
 impl Check {
@@ -48,6 +58,13 @@ impl Check {
                 Severity::Error => problems.push(finding.to_string()),
                 Severity::Warning => warnings.push(finding.to_string()),
             }
+        }
+        if let Some(manifest) = &self.pod {
+            let found = crate::pod::check(manifest, &pipeline)?;
+            for line in &found.ok {
+                out += &format!("{}: {line}\n", manifest.display());
+            }
+            problems.extend(found.problems.iter().map(ToString::to_string));
         }
         if problems.is_empty() {
             out += &format!("ok: {} is valid\n", pipeline.path.display());

@@ -4,8 +4,8 @@ mod check;
 mod common;
 mod compile;
 mod exec;
-mod run;
-mod serve;
+pub mod run;
+pub mod serve;
 
 use std::path::{Path, PathBuf};
 

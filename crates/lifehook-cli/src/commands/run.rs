@@ -132,6 +132,23 @@ impl SelectArgs {
     }
 }
 
+impl Run {
+    /// The phase this invocation runs.
+    pub fn phase_name(&self) -> PhaseName {
+        self.phase.into()
+    }
+
+    /// The pipeline file it names.
+    pub fn pipeline_file(&self) -> &std::path::Path {
+        &self.pipeline.file
+    }
+
+    /// Its `--deadline`, if given.
+    pub fn deadline_override(&self) -> Option<Duration> {
+        self.deadline
+    }
+}
+
 /// What a delivery does after its claim.
 enum Turn {
     /// Run the phase (recording its marker through the guard, if any).

@@ -88,6 +88,16 @@ const MAX_REQUEST: usize = 16 << 10;
 const MAX_BODY: u64 = 1 << 10;
 
 impl Serve {
+    /// The address it listens on.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// Whether it requires a token.
+    pub fn has_token(&self) -> bool {
+        self.token_file.is_some() || self.token_env.is_some()
+    }
+
     pub fn execute(self) -> anyhow::Result<i32> {
         let token = self.token()?;
         if token.is_none() && !self.listen.ip().is_loopback() {
