@@ -12,6 +12,7 @@ mod grants;
 mod graph;
 mod limits;
 mod manifest_errors;
+mod output;
 mod pods;
 mod policy;
 mod retries;

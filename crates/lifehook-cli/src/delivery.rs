@@ -152,11 +152,17 @@ impl Delivery {
     /// delivery of the same phase to finish, then finds its marker (unless
     /// `force`) or gets to run.
     pub fn claim(&self, deadline: Instant, force: bool) -> std::io::Result<Claim> {
-        let lock = File::options()
+        // A lock file made by another user (root at image build time, say)
+        // is still lockable read-only.
+        let lock = match File::options()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(&self.lock)?;
+            .open(&self.lock)
+        {
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => File::open(&self.lock)?,
+            other => other?,
+        };
         loop {
             match lock.try_lock() {
                 Ok(()) => break,

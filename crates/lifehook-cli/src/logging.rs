@@ -62,6 +62,16 @@ pub fn init(args: &LogArgs) {
         _ => EnvFilter::new(format!("{default},wasmtime=warn,cranelift=warn,hyper=warn")),
     };
     let stderr = match args.log_format {
+        // Off a terminal (a hook's output, kept by Kubernetes to 1024
+        // characters) lines go without timestamps: the container runtime
+        // stamps what it keeps, and the event message has no room to spare.
+        LogFormat::Text if !terminal => fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .with_ansi(false)
+            .without_time()
+            .with_filter(filter())
+            .boxed(),
         LogFormat::Text => fmt::layer()
             .with_writer(std::io::stderr)
             .with_target(false)

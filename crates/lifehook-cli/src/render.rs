@@ -70,6 +70,17 @@ pub fn text(report: &PhaseReport) -> String {
         format_duration(report.duration),
         format_duration(report.deadline)
     );
+    // Kubernetes keeps only the first 1024 characters of a failed hook's
+    // output: say which step decided the verdict, and why, right away.
+    if report.status != PhaseStatus::Ok
+        && let Some(culprit) = report.culprit()
+    {
+        let _ = writeln!(
+            out,
+            "  cause: step `{}` {}: {}",
+            culprit.name, culprit.outcome, culprit.message
+        );
+    }
     let name_w = report
         .steps
         .iter()
@@ -168,6 +179,7 @@ mod tests {
                 "lifehook pre-stop: ABORTED by step `lock` - 1 ok, 1 failed in 1.50s (deadline 20s)"
             )
         );
+        assert_eq!(lines.next(), Some("  cause: step `lock` failed: done"));
         assert_eq!(
             lines.next(),
             Some("  ok            notify   1x     12ms  fuel  12.3K     +3ms  done")

@@ -1,0 +1,124 @@
+//! What Kubernetes keeps of a failed hook: the first 1024 characters of its
+//! combined output. They must name the step that failed and why. And the
+//! `--log-file /proc/1/fd/1` trick must fall back quietly where it cannot
+//! be opened (another user, as in a pod with `runAsUser`).
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::process::{Command, Stdio};
+
+use crate::support::{Sandbox, lifehook, plugins, shared_cache};
+
+/// Runs `lifehook` with stdout and stderr on one pipe, as the kubelet
+/// collects an exec hook's output.
+fn combined(mut cmd: Command) -> (i32, String) {
+    let (mut reader, writer) = std::io::pipe().expect("pipe");
+    let mut child = cmd
+        .stdout(writer.try_clone().expect("clone"))
+        .stderr(writer)
+        .spawn()
+        .expect("spawn");
+    // The command holds the pipe's write ends: close them, or the read
+    // below never sees the end.
+    drop(cmd);
+    let status = child.wait().expect("wait");
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut out).expect("read");
+    (status.code().unwrap_or(-1), out)
+}
+
+#[test]
+fn the_first_1024_bytes_name_the_failed_step_and_why() {
+    let s = Sandbox::new();
+    let mut toml = String::new();
+    for i in 0..30 {
+        toml += &format!(
+            "[[pre-stop.steps]]\nname = \"step-{i:02}-with-a-longish-name\"\nplugin = \"@hook\"\nconfig = {{ mode = \"ok\" }}\n\n"
+        );
+    }
+    // Noise first: a denied request logs warnings before the real failure.
+    toml += "[[pre-stop.steps]]\nname = \"probe\"\nplugin = \"@hook\"\nconfig = { mode = \"http\", url = \"http://127.0.0.1:9/x\" }\n\n";
+    toml += "[[pre-stop.steps]]\nname = \"release-lock\"\nplugin = \"@hook\"\non-failure = \"abort\"\nconfig = { mode = \"fail\", message = \"lock held by web-1, not by web-0\" }\n";
+    s.pipeline(&toml);
+    let mut cmd = lifehook();
+    cmd.args(["run"]).current_dir(s.dir.path());
+    let (code, out) = combined(cmd);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.len() > 1024,
+        "the scenario must produce more than the kubelet keeps"
+    );
+    let kept: String = out.chars().take(1024).collect();
+    assert!(
+        kept.contains("release-lock"),
+        "the failed step is not named in:\n{kept}"
+    );
+    assert!(
+        kept.contains("lock held by web-1, not by web-0"),
+        "why it failed is not in:\n{kept}"
+    );
+    assert!(
+        kept.contains("cause: step `release-lock` failed: lock held by web-1"),
+        "{kept}"
+    );
+}
+
+/// Copies what a run needs into a directory another user can read.
+fn world_readable(s: &Sandbox) -> std::path::PathBuf {
+    let dir = s.path("shared");
+    std::fs::create_dir_all(dir.join("state")).expect("dir");
+    std::fs::copy(plugins::FIXTURE_HOOK, dir.join("fixture_hook.wasm")).expect("copy plugin");
+    std::fs::write(
+        dir.join("lifehook.toml"),
+        "[[pre-stop.steps]]\nname = \"hello\"\nplugin = \"fixture_hook.wasm\"\nconfig = { mode = \"log\" }\n",
+    )
+    .expect("pipeline");
+    for p in [s.dir.path().to_path_buf(), dir.clone()] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    std::fs::set_permissions(dir.join("state"), std::fs::Permissions::from_mode(0o777))
+        .expect("chmod");
+    dir
+}
+
+#[test]
+fn log_file_fallback_is_quiet_for_another_user() {
+    let s = Sandbox::new();
+    let dir = world_readable(&s);
+    // As root, /proc/1/fd/1 opens: the log lines land there. Check the
+    // same option with a file we can read back.
+    let log = dir.join("log.txt");
+    let mut cmd = lifehook();
+    cmd.args(["run", "-f"])
+        .arg(dir.join("lifehook.toml"))
+        .arg("--log-file")
+        .arg(&log)
+        .env("LIFEHOOK_STATE_DIR", dir.join("state"));
+    let (code, out) = combined(cmd);
+    assert_eq!(code, 0, "{out}");
+    let logged = std::fs::read_to_string(&log).expect("log file");
+    assert!(logged.contains("info line"), "{logged}");
+
+    // As nobody, /proc/1/fd/1 (the container's PID 1 output) cannot be
+    // opened: no word about it, and the hook still succeeds.
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_lifehook"))
+        .args(["run", "-f"])
+        .arg(dir.join("lifehook.toml"))
+        .args(["--log-file", "/proc/1/fd/1"])
+        .env("LIFEHOOK_CACHE", shared_cache())
+        .env("LIFEHOOK_STATE_DIR", dir.join("state"))
+        .stdin(Stdio::null());
+    let (code, out) = combined(cmd);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("lifehook pre-stop: ok - 1 ok"), "{out}");
+    // The plugin's own warn and error lines are there; nothing of
+    // lifehook's about files it could not open.
+    let lifehook_lines: Vec<&str> = out
+        .lines()
+        .filter(|l| !l.ends_with("warn line") && !l.ends_with("error line"))
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect();
+    assert!(lifehook_lines.is_empty(), "not quiet: {out}");
+    assert!(!out.contains("/proc/1/fd/1"), "{out}");
+}
