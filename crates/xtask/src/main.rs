@@ -289,6 +289,9 @@ fn demo() -> anyhow::Result<u8> {
             .arg(&pipeline)
             .env("LIFEHOOK_PLUGIN_DIR", &plugins)
             .env("LIFEHOOK_CACHE", work.join("cache"))
+            // Done-markers in the demo's own (fresh) directory, so every
+            // demo runs the phase.
+            .env("LIFEHOOK_STATE_DIR", work.join("state"))
             .env("DEMO_DIR", &work)
             .env("NOTIFY_ORIGIN", &origin)
             .env("POD_NAME", "demo-pod-0");
@@ -301,6 +304,13 @@ fn demo() -> anyhow::Result<u8> {
     let status = lifehook_cmd(&["run"])
         .status()
         .context("cannot run lifehook")?;
+
+    // The kubelet may deliver a hook twice: the second delivery reports
+    // the first and does nothing again.
+    println!(
+        "\n$ lifehook run -f examples/local/lifehook.toml   (the same hook, delivered again)\n"
+    );
+    let _ = lifehook_cmd(&["run"]).status();
 
     println!("\nWhat the pipeline did:");
     for line in received.lock().map(|l| l.clone()).unwrap_or_default() {
