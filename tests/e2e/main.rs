@@ -6,6 +6,7 @@ mod support;
 
 mod cache;
 mod cli;
+mod container;
 mod delivery;
 mod exec;
 mod grants;

@@ -31,7 +31,6 @@
 //! assert_eq!(lifehook_manifest::budget::cleanup_reserve(phase, |_| true).as_secs(), 3);
 //! ```
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::diagnostic::Diagnostic;
@@ -97,21 +96,11 @@ pub fn cleanup_reserve(phase: &Phase, selected: impl Fn(&Step) -> bool) -> Durat
 
 /// For each step, the heaviest path ending with it, weighing steps by `weight`.
 fn longest_paths(phase: &Phase, weight: impl Fn(&Step) -> Duration) -> Vec<Duration> {
-    let index: HashMap<&str, usize> = phase
-        .steps
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.name.as_str(), i))
-        .collect();
+    let edges = phase.edges();
     let mut ends = vec![Duration::ZERO; phase.steps.len()];
     for i in topological_order(phase) {
         let step = &phase.steps[i];
-        let start = step
-            .waits_for()
-            .filter_map(|d| index.get(d))
-            .map(|&j| ends[j])
-            .max()
-            .unwrap_or_default();
+        let start = edges[i].all().map(|j| ends[j]).max().unwrap_or_default();
         ends[i] = start.saturating_add(weight(step));
     }
     ends

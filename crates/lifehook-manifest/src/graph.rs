@@ -185,21 +185,13 @@ fn find_cycle(edges: &[Vec<(usize, Edge)>]) -> Option<Vec<usize>> {
 
 /// Indices of `phase`'s steps, each after every step it waits for.
 pub fn topological_order(phase: &Phase) -> Vec<usize> {
-    let index: HashMap<&str, usize> = phase
-        .steps
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.name.as_str(), i))
-        .collect();
     let n = phase.steps.len();
     let mut waiting = vec![0usize; n];
     let mut dependants: Vec<Vec<usize>> = vec![Vec::new(); n];
-    for (i, s) in phase.steps.iter().enumerate() {
-        for dep in s.waits_for() {
-            if let Some(&j) = index.get(dep) {
-                waiting[i] += 1;
-                dependants[j].push(i);
-            }
+    for (i, edges) in phase.edges().iter().enumerate() {
+        for j in edges.all() {
+            waiting[i] += 1;
+            dependants[j].push(i);
         }
     }
     // Smallest index first, so independent steps keep their file order.

@@ -113,6 +113,46 @@ impl Phase {
     pub fn step(&self, name: &str) -> Option<&Step> {
         self.steps.iter().find(|s| s.name == name)
     }
+
+    /// For each step (by index), the indices of the steps it `needs` and of
+    /// those it waits to finish (`after`).
+    pub fn edges(&self) -> Vec<Edges> {
+        let index: std::collections::HashMap<&str, usize> = self
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.as_str(), i))
+            .collect();
+        let resolve = |names: &[String]| -> Vec<usize> {
+            names
+                .iter()
+                .filter_map(|n| index.get(n.as_str()).copied())
+                .collect()
+        };
+        self.steps
+            .iter()
+            .map(|s| Edges {
+                needs: resolve(&s.needs),
+                after: resolve(&s.after),
+            })
+            .collect()
+    }
+}
+
+/// What one step waits for, as indices into its phase's steps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Edges {
+    /// Steps that must succeed first.
+    pub needs: Vec<usize>,
+    /// Steps that must finish first, however they end.
+    pub after: Vec<usize>,
+}
+
+impl Edges {
+    /// Every step waited for.
+    pub fn all(&self) -> impl Iterator<Item = usize> + '_ {
+        self.needs.iter().chain(&self.after).copied()
+    }
 }
 
 /// What a step does.

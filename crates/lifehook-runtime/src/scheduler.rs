@@ -13,8 +13,6 @@
 //! - a step whose need failed or was skipped is skipped (a need that was
 //!   only deselected on the command line counts as met).
 
-use std::collections::HashMap;
-
 use lifehook_manifest::{OnFailure, Phase};
 
 /// Why a step was not run.
@@ -66,25 +64,15 @@ impl Schedule {
     /// A schedule for `phase`; `deselected` gives, for each step left out on
     /// the command line, why.
     pub(crate) fn new(phase: &Phase, deselected: impl Fn(usize) -> Option<String>) -> Schedule {
-        let index: HashMap<&str, usize> = phase
-            .steps
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.name.as_str(), i))
-            .collect();
-        let resolve = |names: &[String]| -> Vec<usize> {
-            names
-                .iter()
-                .filter_map(|n| index.get(n.as_str()).copied())
-                .collect()
-        };
+        let edges = phase.edges();
         Schedule {
             nodes: phase
                 .steps
                 .iter()
-                .map(|s| Node {
-                    needs: resolve(&s.needs),
-                    after: resolve(&s.after),
+                .zip(edges)
+                .map(|(s, e)| Node {
+                    needs: e.needs,
+                    after: e.after,
                     always: s.always,
                     aborts: s.on_failure == OnFailure::Abort,
                 })

@@ -251,16 +251,7 @@ pub fn run(args: &[String]) -> anyhow::Result<u8> {
 }
 
 fn ensure_musl_target() -> anyhow::Result<()> {
-    let installed = Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output()?;
-    if !String::from_utf8_lossy(&installed.stdout)
-        .lines()
-        .any(|l| l.trim() == MUSL)
-    {
-        crate::run(Command::new("rustup").args(["target", "add", MUSL]))?;
-    }
-    Ok(())
+    crate::ensure_target(MUSL)
 }
 
 /// Builds the static release binary into `target_dir` (the runtime-only

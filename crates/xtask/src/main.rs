@@ -65,16 +65,21 @@ fn cargo() -> Command {
 
 /// `rustup target add` is not automatic on these machines.
 fn ensure_wasm_target() -> anyhow::Result<()> {
+    ensure_target(WASM_TARGET)
+}
+
+/// Installs a rustup target when it is missing.
+pub(crate) fn ensure_target(target: &str) -> anyhow::Result<()> {
     let installed = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()
         .context("cannot run rustup")?;
     if !String::from_utf8_lossy(&installed.stdout)
         .lines()
-        .any(|l| l.trim() == WASM_TARGET)
+        .any(|l| l.trim() == target)
     {
-        eprintln!("xtask: installing the {WASM_TARGET} target");
-        run(Command::new("rustup").args(["target", "add", WASM_TARGET]))?;
+        eprintln!("xtask: installing the {target} target");
+        run(Command::new("rustup").args(["target", "add", target]))?;
     }
     Ok(())
 }
@@ -140,7 +145,8 @@ fn ensure_packages(wanted: &[(&str, &str)]) -> anyhow::Result<()> {
         run(&mut cmd)
     };
     apt(&["update", "-qq"])?;
-    let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    // With recommends: podman needs some of its own (networking, storage).
+    let mut install = vec!["install", "-y", "-qq"];
     install.extend(&missing);
     apt(&install)
 }
@@ -151,6 +157,9 @@ fn test(extra: &[String]) -> anyhow::Result<u8> {
         ("redis-server", "redis-server"),
         ("redis-cli", "redis-tools"),
         ("etcd", "etcd-server"),
+        ("podman", "podman"),
+        ("runc", "runc"),
+        ("musl-gcc", "musl-tools"),
     ])?;
     // The test suite builds the plugins itself (tests/artifacts/build.rs)
     // and starts its own servers on free loopback ports.
@@ -173,6 +182,14 @@ fn test(extra: &[String]) -> anyhow::Result<u8> {
         "LIFEHOOK_RUNTIME_ONLY_BIN",
         &runtime_only_dir.join("debug/lifehook"),
     )?;
+    // The container tests: the FROM scratch image needs static binaries of
+    // lifehook and the test app, built once here and shared by every test.
+    let (lifehook_static, app_static) = build_static_for_containers()?;
+    run(cargo()
+        .args(["test", "--package", "lifehook-cli", "--test", "e2e"])
+        .args(["--", "--ignored", "--test-threads", "2", "container_"])
+        .env("LIFEHOOK_STATIC_BIN", &lifehook_static)
+        .env("LIFEHOOK_STATIC_APP", &app_static))?;
     // A plugin written in Python, built with componentize-py from PyPI.
     let python_plugin = build_python_plugin()?;
     ignored_e2e_test("python_plugin", "LIFEHOOK_PYTHON_PLUGIN", &python_plugin)?;
@@ -192,6 +209,22 @@ fn test(extra: &[String]) -> anyhow::Result<u8> {
         ])
         .env("CARGO_TARGET_DIR", root().join("target/plugins-host")))?;
     Ok(0)
+}
+
+/// Static (musl) builds of lifehook and tests/app for the `FROM scratch`
+/// image, with the `static-test` profile (release code, no LTO: the
+/// shipped binary's fat LTO would add minutes to every CI run).
+fn build_static_for_containers() -> anyhow::Result<(PathBuf, PathBuf)> {
+    const MUSL: &str = "x86_64-unknown-linux-musl";
+    ensure_target(MUSL)?;
+    for package in ["lifehook-cli", "lifehook-test-app"] {
+        run(cargo()
+            .args(["build", "--profile", "static-test", "--target", MUSL])
+            .args(["--package", package, "--bins"])
+            .env("CC_x86_64_unknown_linux_musl", "musl-gcc"))?;
+    }
+    let dir = root().join("target").join(MUSL).join("static-test");
+    Ok((dir.join("lifehook"), dir.join("test-app")))
 }
 
 /// Builds examples/python-plugin with componentize-py in a virtualenv under
