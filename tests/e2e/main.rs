@@ -11,6 +11,7 @@ mod delivery;
 mod exec;
 mod grants;
 mod graph;
+mod hardening;
 mod limits;
 mod manifest_errors;
 mod output;

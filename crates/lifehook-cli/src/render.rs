@@ -144,6 +144,7 @@ mod tests {
             duration: Duration::from_millis(12),
             fuel_consumed: Some(12_345),
             denials: vec![],
+            caps_reached: vec![],
             output_dropped: 0,
             on_failure: OnFailure::Continue,
             cut_by_deadline: false,

@@ -294,6 +294,33 @@ allow.dirs = ["data", { host = "./state/../snap", guest = "/snap", access = "rea
     }
 
     #[test]
+    fn host_resource_caps_have_defaults_and_bounds() {
+        let f = Fixture::new();
+        let p = f.parse(MINIMAL).expect("valid");
+        let limits = p.phases[0].steps[0].limits;
+        assert_eq!(
+            (limits.max_open, limits.max_write, limits.max_http),
+            (
+                plan::DEFAULT_MAX_OPEN,
+                plan::DEFAULT_MAX_WRITE,
+                plan::DEFAULT_MAX_HTTP
+            )
+        );
+        let p = f
+            .parse(&format!(
+                "[defaults]\nmax-open = 32\nmax-write = \"10MiB\"\n{MINIMAL}max-http = 2\n"
+            ))
+            .expect("valid");
+        let limits = p.phases[0].steps[0].limits;
+        assert_eq!(
+            (limits.max_open, limits.max_write, limits.max_http),
+            (32, 10 << 20, 2)
+        );
+        let e = f.error(&format!("{MINIMAL}max-open = 1\n"));
+        assert!(e.contains("max-open is 1, expected 4 to 65536"), "{e}");
+    }
+
+    #[test]
     fn datetimes_in_config_pass_as_written() {
         let p = Fixture::new()
             .parse(&format!(

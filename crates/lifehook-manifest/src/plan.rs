@@ -25,6 +25,13 @@ pub const DEFAULT_FUEL: u64 = 10_000_000_000;
 pub const DEFAULT_MEMORY: u64 = 128 << 20;
 /// Captured output kept per step by default.
 pub const DEFAULT_OUTPUT_LIMIT: u64 = 64 << 10;
+/// Files, directories and sockets a plugin may hold open by default: far
+/// beyond a normal plugin, far below a process's descriptor limit.
+pub const DEFAULT_MAX_OPEN: u32 = 256;
+/// Bytes a plugin may write to its granted directories by default.
+pub const DEFAULT_MAX_WRITE: u64 = 1 << 30;
+/// Outgoing HTTP requests in flight by default.
+pub const DEFAULT_MAX_HTTP: u32 = 16;
 /// The `pre-stop` deadline by default: leaves 10 s of Kubernetes' default
 /// 30 s grace period for the application to drain.
 pub const DEFAULT_PRE_STOP_DEADLINE: Duration = Duration::from_secs(20);
@@ -229,6 +236,12 @@ pub struct Limits {
     pub memory: u64,
     /// Bytes of captured stdout + stderr kept.
     pub output: u64,
+    /// Files, directories and sockets held open at once.
+    pub max_open: u32,
+    /// Bytes written to granted directories, over all attempts.
+    pub max_write: u64,
+    /// Outgoing HTTP requests in flight at once.
+    pub max_http: u32,
 }
 
 /// How retryable failures are retried.
@@ -312,6 +325,9 @@ struct Defaults {
     fuel: Fuel,
     memory: u64,
     output: u64,
+    max_open: u32,
+    max_write: u64,
+    max_http: u32,
     on_failure: OnFailure,
     retry: RetryPolicy,
     max_concurrency: usize,
@@ -437,12 +453,38 @@ impl Resolver<'_> {
                 .as_ref()
                 .map_or(DEFAULT_MEMORY, |m| self.memory(m)),
             output: raw.output_limit.map_or(DEFAULT_OUTPUT_LIMIT, |s| s.0),
+            max_open: raw
+                .max_open
+                .as_ref()
+                .map_or(DEFAULT_MAX_OPEN, |n| self.count(n, "max-open", 4, 65_536)),
+            max_write: raw.max_write.map_or(DEFAULT_MAX_WRITE, |s| s.0),
+            max_http: raw
+                .max_http
+                .as_ref()
+                .map_or(DEFAULT_MAX_HTTP, |n| self.count(n, "max-http", 1, 1024)),
             on_failure: raw.on_failure.unwrap_or(OnFailure::Continue),
             retry: raw
                 .retries
                 .as_ref()
                 .map_or_else(RetryPolicy::default, |r| self.retries(r)),
             max_concurrency,
+        }
+    }
+
+    /// A count limit within `min..=max`; a problem (and `min`) otherwise.
+    fn count(&mut self, n: &Spanned<i64>, key: &str, min: u32, max: u32) -> u32 {
+        match u32::try_from(*n.get_ref()) {
+            Ok(v) if (min..=max).contains(&v) => v,
+            _ => {
+                self.problem(
+                    n,
+                    format!("{key} is {}, expected {min} to {max}", n.get_ref()),
+                    Some(format!(
+                        "{key} bounds what one step holds at once; the default suits normal plugins"
+                    )),
+                );
+                min
+            }
         }
     }
 
@@ -596,6 +638,15 @@ impl Resolver<'_> {
                 .as_ref()
                 .map_or(defaults.memory, |m| self.memory(m)),
             output: raw.output_limit.map_or(defaults.output, |s| s.0),
+            max_open: raw
+                .max_open
+                .as_ref()
+                .map_or(defaults.max_open, |n| self.count(n, "max-open", 4, 65_536)),
+            max_write: raw.max_write.map_or(defaults.max_write, |s| s.0),
+            max_http: raw
+                .max_http
+                .as_ref()
+                .map_or(defaults.max_http, |n| self.count(n, "max-http", 1, 1024)),
         };
         let retry = match (&action, &raw.retries) {
             (Action::Sleep(_), _) => RetryPolicy::default(),

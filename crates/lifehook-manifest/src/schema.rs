@@ -75,6 +75,20 @@ pub struct RawDefaults {
     ///
     /// Example: `retries = { attempts = 3, backoff = "200ms" }`
     pub retries: Option<Spanned<RawRetries>>,
+    /// Most files, directories and sockets the plugin may hold open at
+    /// once (default 256).
+    ///
+    /// Example: `max-open = 64`
+    pub max_open: Option<Spanned<i64>>,
+    /// Most bytes the plugin may write to its granted directories, over all
+    /// attempts (default "1GiB").
+    ///
+    /// Example: `max-write = "100MiB"`
+    pub max_write: Option<SizeValue>,
+    /// Most outgoing HTTP requests in flight at once (default 16).
+    ///
+    /// Example: `max-http = 4`
+    pub max_http: Option<Spanned<i64>>,
     /// Most steps running at the same time (default: the number of CPUs).
     ///
     /// Example: `max-concurrency = 4`
@@ -179,6 +193,20 @@ pub struct RawStep {
     ///
     /// Example: `retries = { attempts = 5, backoff = "100ms", max-backoff = "1s" }`
     pub retries: Option<Spanned<RawRetries>>,
+    /// Most files, directories and sockets the plugin may hold open at
+    /// once (default 256).
+    ///
+    /// Example: `max-open = 64`
+    pub max_open: Option<Spanned<i64>>,
+    /// Most bytes the plugin may write to its granted directories, over all
+    /// attempts (default "1GiB").
+    ///
+    /// Example: `max-write = "100MiB"`
+    pub max_write: Option<SizeValue>,
+    /// Most outgoing HTTP requests in flight at once (default 16).
+    ///
+    /// Example: `max-http = 4`
+    pub max_http: Option<Spanned<i64>>,
     /// Run at the same time as the neighbouring steps also marked
     /// `concurrent`; the group finishes before the next step starts. Sugar
     /// for the graph it describes; cannot be combined with `needs`.

@@ -11,12 +11,10 @@ use lifehook_units::format_duration;
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use crate::bindings::lifehook::hook::types::{Failure, Invocation};
-use crate::capture::OutputCapture;
-use crate::denials::Denials;
 use crate::engine::Runtime;
 use crate::plugin::{Plugin, Pre};
 use crate::report::Outcome;
-use crate::state::StepState;
+use crate::state::{StepRecord, StepState};
 
 /// What one attempt came to.
 #[derive(Debug, PartialEq)]
@@ -64,6 +62,8 @@ pub(crate) struct Evidence {
     pub(crate) memory_limit: u64,
     /// The first thing the step tried without a grant.
     pub(crate) denial: Option<String>,
+    /// The first cap on host resources the step reached.
+    pub(crate) cap: Option<String>,
     /// The plugin's last stderr line.
     pub(crate) last_stderr: Option<String>,
 }
@@ -75,8 +75,7 @@ pub(crate) async fn run(
     step: &Step,
     invocation: &Invocation,
     deadline: Instant,
-    denials: &Denials,
-    output: &OutputCapture,
+    record: &StepRecord,
 ) -> AttemptResult {
     let tcp = match tokio::time::timeout_at(deadline.into(), resolve_tcp(&step.grants.tcp)).await {
         Ok(addrs) => addrs,
@@ -88,7 +87,7 @@ pub(crate) async fn run(
             );
         }
     };
-    let state = match StepState::new(step, tcp, deadline, denials.clone(), output.clone()) {
+    let state = match StepState::new(step, tcp, deadline, record) {
         Ok(state) => state,
         Err(e) => return AttemptResult::new(Outcome::Failed, format!("{e:#}"), false),
     };
@@ -152,8 +151,9 @@ pub(crate) async fn run(
         fuel: step.limits.fuel,
         memory_exceeded: memory.exceeded,
         memory_limit: memory.limit(),
-        denial: denials.first(),
-        last_stderr: output.last_stderr_line(),
+        denial: record.denials.first(),
+        cap: record.caps.first(),
+        last_stderr: record.output.last_stderr_line(),
     };
     let mut result = classify(ended, &evidence);
     result.fuel = fuel_used;
@@ -168,13 +168,23 @@ pub(crate) fn classify(ended: Ended, evidence: &Evidence) -> AttemptResult {
         Some(line) => format!("{message}: {line}"),
         None => message,
     };
-    let denied_or = |outcome: Outcome, message: String, retryable: bool| match &evidence.denial {
-        None => AttemptResult::new(outcome, message, retryable),
-        Some(denial) => AttemptResult::new(
+    // What the sandbox refused explains a failure better than the
+    // plugin's own words: a cap reached first, then a denial.
+    let denied_or = |outcome: Outcome, message: String, retryable: bool| match (
+        &evidence.cap,
+        &evidence.denial,
+    ) {
+        (Some(cap), _) => AttemptResult::new(
+            Outcome::Capped,
+            format!("{cap}; the plugin said: {message}"),
+            false,
+        ),
+        (None, Some(denial)) => AttemptResult::new(
             Outcome::Denied,
             format!("{denial}; the plugin said: {message}"),
             false,
         ),
+        (None, None) => AttemptResult::new(outcome, message, retryable),
     };
     // A command cannot say whether trying again helps; assume it may.
     let command_failed = |code: i32| {
@@ -286,6 +296,7 @@ mod tests {
             memory_exceeded: None,
             memory_limit: 1 << 20,
             denial: None,
+            cap: None,
             last_stderr: None,
         }
     }
@@ -357,6 +368,20 @@ mod tests {
         assert_eq!(
             d.message,
             "denied HTTP GET http://x/; the plugin said: request failed"
+        );
+    }
+
+    #[test]
+    fn a_cap_reached_explains_the_failure_before_a_denial() {
+        let mut e = evidence();
+        e.denial = Some("denied HTTP GET http://x/".into());
+        e.cap = Some("the max-open cap of 256 was reached opening /data/f".into());
+        let c = classify(failure("cannot open", true, None), &e);
+        assert_eq!((c.outcome, c.retryable), (Outcome::Capped, false));
+        assert!(
+            c.message.starts_with("the max-open cap of 256"),
+            "{}",
+            c.message
         );
     }
 

@@ -70,6 +70,7 @@ fn build_linker(engine: &Engine) -> anyhow::Result<Linker<StepState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     crate::fs_gate::add_to_linker(&mut linker)?;
+    crate::caps::add_sockets_to_linker(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     wasmtime_wasi_config::add_to_linker(&mut linker, |s: &mut StepState| {
         wasmtime_wasi_config::WasiConfig::from(&s.config)

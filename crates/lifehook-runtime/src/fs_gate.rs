@@ -25,15 +25,18 @@ use std::sync::OnceLock;
 use lifehook_manifest::Access;
 use wasmtime::component::{Linker, Resource};
 use wasmtime_wasi::filesystem::WasiFilesystemView as _;
+use wasmtime_wasi::p2::DynOutputStream;
 use wasmtime_wasi::p2::bindings::filesystem::types::{
     Descriptor, DescriptorFlags, ErrorCode, HostDescriptor as _, OpenFlags, PathFlags,
 };
 use wasmtime_wasi::p2::bindings::filesystem::{preopens, types};
 
+use crate::caps::{CappedOutput, CapsView, open_handles};
 use crate::denials::Denials;
 
-/// A store's data that holds an [`FsGate`] beside its WASI context.
-pub(crate) trait FsGateView: wasmtime_wasi::WasiView + Send + 'static {
+/// A store's data that holds an [`FsGate`] beside its WASI context and
+/// its caps.
+pub(crate) trait FsGateView: CapsView {
     /// The gate of this attempt.
     fn fs_gate(&mut self) -> &mut FsGate;
 }
@@ -119,14 +122,17 @@ impl FsGate {
         );
     }
 
-    /// Logs a failed `open-at` when the sandbox is why it failed.
-    fn check(&self, base: Option<Preopen>, path: &str, write: bool, code: ErrorCode) {
+    /// Logs a failed `open-at` when the sandbox is why it failed, and
+    /// returns the error the guest gets: the closest code to "not granted"
+    /// (`access` outside every grant, `read-only` for a write under a
+    /// read-only grant) rather than what the sandbox's mechanics produced.
+    fn check(&self, base: Option<Preopen>, path: &str, write: bool, code: ErrorCode) -> ErrorCode {
         let refused = matches!(
             code,
             ErrorCode::NoEntry | ErrorCode::NotPermitted | ErrorCode::Access | ErrorCode::ReadOnly
         );
         if !refused {
-            return;
+            return code;
         }
         match base {
             Some(Preopen { access: None, .. }) => {
@@ -139,6 +145,7 @@ impl FsGate {
                     format!("file access to {full} (outside every granted directory)"),
                     format!("allow.dirs = [\"{dir}\"]"),
                 );
+                ErrorCode::Access
             }
             Some(Preopen {
                 guest,
@@ -154,21 +161,24 @@ impl FsGate {
                         "allow.dirs = [{{ host = \"{host}\", guest = \"{guest}\", access = \"read-write\" }}]"
                     ),
                 );
+                ErrorCode::ReadOnly
             }
             None if write && matches!(code, ErrorCode::NotPermitted | ErrorCode::ReadOnly) => {
                 self.denials.record(
                     format!("writing `{path}` (its directory is granted read-only)"),
                     "access = \"read-write\" on that allow.dirs entry".to_owned(),
                 );
+                ErrorCode::ReadOnly
             }
-            _ => {}
+            _ => code,
         }
     }
 }
 
-/// Replaces `get-directories` and `[method]descriptor.open-at` in `linker`
-/// (already holding wasmtime-wasi's versions) with logging wrappers around
-/// them.
+/// Replaces `get-directories` and the descriptor methods that open files
+/// or write them in `linker` (already holding wasmtime-wasi's versions) with
+/// wrappers: denials are logged with the grant that would allow them,
+/// `max-open` bounds what is held open, and `max-write` what is written.
 pub(crate) fn add_to_linker<T: FsGateView>(linker: &mut Linker<T>) -> anyhow::Result<()> {
     linker.allow_shadowing(true);
     linker
@@ -181,38 +191,130 @@ pub(crate) fn add_to_linker<T: FsGateView>(linker: &mut Linker<T>) -> anyhow::Re
             }
             Ok((dirs,))
         })?;
-    linker
-        .instance(&format!("wasi:filesystem/types@{FS_VERSION}"))?
-        .func_wrap_async(
-            "[method]descriptor.open-at",
-            |mut store,
-             (fd, path_flags, path, oflags, flags): (
-                Resource<Descriptor>,
-                PathFlags,
-                String,
-                OpenFlags,
-                DescriptorFlags,
-            )| {
-                Box::new(async move {
-                    let state = store.data_mut();
-                    let base = state.fs_gate().preopens.get(&fd.rep()).cloned();
-                    let write = flags.contains(DescriptorFlags::WRITE)
-                        || oflags.intersects(OpenFlags::CREATE | OpenFlags::TRUNCATE);
-                    let mut view = state.filesystem();
-                    let result = match view
-                        .open_at(fd, path_flags, path.clone(), oflags, flags)
-                        .await
-                    {
-                        Ok(opened) => Ok(opened),
-                        Err(e) => Err(types::Host::convert_error_code(&mut view, e)?),
-                    };
-                    if let Err(code) = &result {
-                        state.fs_gate().check(base, &path, write, *code);
-                    }
-                    Ok((result,))
-                })
-            },
-        )?;
+    let mut types = linker.instance(&format!("wasi:filesystem/types@{FS_VERSION}"))?;
+    types.func_wrap_async(
+        "[method]descriptor.open-at",
+        |mut store,
+         (fd, path_flags, path, oflags, flags): (
+            Resource<Descriptor>,
+            PathFlags,
+            String,
+            OpenFlags,
+            DescriptorFlags,
+        )| {
+            Box::new(async move {
+                let state = store.data_mut();
+                if at_open_cap(state, &path) {
+                    return Ok((Err(ErrorCode::Quota),));
+                }
+                let base = state.fs_gate().preopens.get(&fd.rep()).cloned();
+                let write = flags.contains(DescriptorFlags::WRITE)
+                    || oflags.intersects(OpenFlags::CREATE | OpenFlags::TRUNCATE);
+                let mut view = state.filesystem();
+                let result = match view
+                    .open_at(fd, path_flags, path.clone(), oflags, flags)
+                    .await
+                {
+                    Ok(opened) => Ok(opened),
+                    Err(e) => Err(types::Host::convert_error_code(&mut view, e)?),
+                };
+                let result = result.map_err(|code| state.fs_gate().check(base, &path, write, code));
+                Ok((result,))
+            })
+        },
+    )?;
+    types.func_wrap(
+        "[method]descriptor.read-via-stream",
+        |mut store, (fd, offset): (Resource<Descriptor>, u64)| {
+            let state = store.data_mut();
+            if at_open_cap(state, "a read stream") {
+                return Ok((Err(ErrorCode::Quota),));
+            }
+            let mut view = state.filesystem();
+            let result = match view.read_via_stream(fd, offset) {
+                Ok(stream) => Ok(stream),
+                Err(e) => Err(types::Host::convert_error_code(&mut view, e)?),
+            };
+            if let Ok(stream) = &result {
+                state.file_streams().add(stream.rep());
+            }
+            Ok((result,))
+        },
+    )?;
+    types.func_wrap(
+        "[method]descriptor.write-via-stream",
+        |mut store, (fd, offset): (Resource<Descriptor>, u64)| {
+            let state = store.data_mut();
+            let opened = {
+                let mut view = state.filesystem();
+                view.write_via_stream(fd, offset)
+            };
+            output_stream(state, opened)
+        },
+    )?;
+    types.func_wrap(
+        "[method]descriptor.append-via-stream",
+        |mut store, (fd,): (Resource<Descriptor>,)| {
+            let state = store.data_mut();
+            let opened = {
+                let mut view = state.filesystem();
+                view.append_via_stream(fd)
+            };
+            output_stream(state, opened)
+        },
+    )?;
+    types.func_wrap_async(
+        "[method]descriptor.write",
+        |mut store, (fd, buffer, offset): (Resource<Descriptor>, Vec<u8>, u64)| {
+            Box::new(async move {
+                let state = store.data_mut();
+                if !state.caps().take_write(buffer.len() as u64) {
+                    return Ok((Err(ErrorCode::Quota),));
+                }
+                let mut view = state.filesystem();
+                let result = match view.write(fd, buffer, offset).await {
+                    Ok(n) => Ok(n),
+                    Err(e) => Err(types::Host::convert_error_code(&mut view, e)?),
+                };
+                Ok((result,))
+            })
+        },
+    )?;
     linker.allow_shadowing(false);
     Ok(())
+}
+
+/// True, after recording it, when the attempt already holds `max-open`
+/// files, directories, streams and sockets.
+fn at_open_cap<T: FsGateView>(state: &mut T, what: &str) -> bool {
+    let max = state.caps().max_open;
+    let mut streams = std::mem::take(state.file_streams());
+    let open = open_handles(state.ctx().table, &mut streams);
+    *state.file_streams() = streams;
+    if open < max {
+        return false;
+    }
+    state
+        .caps()
+        .reached("max-open", max.to_string(), &format!("opening {what}"));
+    true
+}
+
+/// A new file output stream, wrapped so that it draws on `max-write` and
+/// counted as open.
+fn output_stream<T: FsGateView>(
+    state: &mut T,
+    opened: wasmtime_wasi::p2::FsResult<Resource<DynOutputStream>>,
+) -> wasmtime::Result<(Result<Resource<DynOutputStream>, ErrorCode>,)> {
+    let stream = match opened {
+        Ok(stream) => stream,
+        Err(e) => {
+            let mut view = state.filesystem();
+            return Ok((Err(types::Host::convert_error_code(&mut view, e)?),));
+        }
+    };
+    let caps = state.caps().clone();
+    let capped = CappedOutput::wrap(state.ctx().table, stream, caps)?;
+    state.file_streams().add(capped.rep());
+    Ok((Ok(capped),))
 }

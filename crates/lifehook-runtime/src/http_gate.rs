@@ -4,11 +4,13 @@
 //! request a plugin sends.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use lifehook_manifest::{HttpGrant, Scheme};
 use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpHooks};
 
+use crate::caps::StepCaps;
 use crate::denials::Denials;
 
 /// Lets a request out only when a grant allows its origin, and never with
@@ -17,6 +19,19 @@ pub(crate) struct HttpGate {
     pub(crate) grants: Arc<[HttpGrant]>,
     pub(crate) deadline: Instant,
     pub(crate) denials: Denials,
+    pub(crate) caps: StepCaps,
+    /// Requests sent whose connection has not ended yet.
+    pub(crate) in_flight: Arc<AtomicUsize>,
+}
+
+/// Counts one request in flight until dropped (when its connection ends,
+/// or when it fails).
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 type SendResult = wasmtime_wasi_http::Result<(
@@ -50,6 +65,22 @@ impl WasiHttpHooks for HttpGate {
             );
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
+        let max = self.caps.max_http;
+        let counted = self
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok();
+        if !counted {
+            self.caps.reached(
+                "max-http",
+                max.to_string(),
+                &format!("sending {} {}", request.method(), uri),
+            );
+            return Box::new(async { Err(wasmtime_wasi_http::Error::ConnectionLimitReached) });
+        }
+        let in_flight = InFlight(self.in_flight.clone());
         let left = self.deadline.saturating_duration_since(Instant::now());
         let cap = |t: Option<Duration>| Some(t.map_or(left, |t| t.min(left)));
         let options = RequestOptions {
@@ -61,6 +92,12 @@ impl WasiHttpHooks for HttpGate {
             use http_body_util::BodyExt;
             let (response, io) =
                 wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            // The request stays in flight until its connection ends.
+            let io = async move {
+                let result = io.await;
+                drop(in_flight);
+                result
+            };
             Ok((
                 response.map(BodyExt::boxed_unsync),
                 Box::new(io) as Box<dyn Future<Output = _> + Send>,

@@ -31,6 +31,7 @@
 mod attempt;
 mod bindings;
 mod cache;
+mod caps;
 mod capture;
 mod denials;
 mod engine;

@@ -39,6 +39,9 @@ pub enum Outcome {
     OutOfMemory,
     /// Failed after trying to reach something it was not granted.
     Denied,
+    /// Failed after reaching a cap on host resources (`max-open`,
+    /// `max-write`, `max-http`).
+    Capped,
     /// Trapped: stack overflow, `unreachable` (a Rust panic), a bad memory
     /// access.
     Trapped,
@@ -57,6 +60,7 @@ impl Outcome {
             Outcome::OutOfFuel => "out-of-fuel",
             Outcome::OutOfMemory => "out-of-memory",
             Outcome::Denied => "denied",
+            Outcome::Capped => "capped",
             Outcome::Trapped => "trapped",
             Outcome::Skipped => "skipped",
         }
@@ -97,6 +101,8 @@ pub struct StepReport {
     pub fuel_consumed: Option<u64>,
     /// What the step tried to reach without a grant.
     pub denials: Vec<String>,
+    /// The caps on host resources it reached, with how to raise them.
+    pub caps_reached: Vec<String>,
     /// Bytes of output dropped over the step's output limit.
     pub output_dropped: u64,
     /// The step's failure policy.
@@ -201,6 +207,7 @@ mod tests {
             duration: Duration::from_millis(12),
             fuel_consumed: Some(12_345),
             denials: vec![],
+            caps_reached: vec![],
             output_dropped: 0,
             on_failure: OnFailure::Continue,
             cut_by_deadline: false,

@@ -127,6 +127,9 @@ impl Runner {
             .unwrap_or(started)
             .max(started);
         let steps: Vec<Arc<Step>> = phase.steps.iter().cloned().map(Arc::new).collect();
+        // Steps running at once share the process's descriptors, less what
+        // lifehook keeps for itself (its log file, the report, markers).
+        let max_open = descriptor_budget() / phase.max_concurrency.max(1);
         let mut schedule = Schedule::new(phase, |i| selection.excludes(&phase.steps[i]));
         let plugins: Vec<&Path> = phase
             .steps
@@ -157,11 +160,13 @@ impl Runner {
                             Limit {
                                 until: deadline,
                                 reserve: Duration::ZERO,
+                                max_open,
                             }
                         } else {
                             Limit {
                                 until: main_deadline,
                                 reserve,
+                                max_open,
                             }
                         };
                         let (loader, name) = (self.loader.clone(), phase.name);
@@ -251,6 +256,27 @@ impl Runner {
         }
         .finish()
     }
+}
+
+/// Descriptors kept back for lifehook itself, whatever its plugins hold.
+const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// The descriptors plugins may share: the process's limit (raised to the
+/// hard limit once, at the first run) less [`RESERVED_DESCRIPTORS`].
+fn descriptor_budget() -> usize {
+    static BUDGET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        use rustix::process::{Resource, getrlimit, setrlimit};
+        let mut limit = getrlimit(Resource::Nofile);
+        if limit.current < limit.maximum {
+            limit.current = limit.maximum;
+            if setrlimit(Resource::Nofile, limit).is_err() {
+                limit = getrlimit(Resource::Nofile);
+            }
+        }
+        let soft = limit.current.unwrap_or(1 << 20).min(1 << 20);
+        usize::try_from(soft.saturating_sub(RESERVED_DESCRIPTORS).max(8)).unwrap_or(usize::MAX)
+    })
 }
 
 fn skipped(step: &Step, reason: &SkipReason, deadline: Duration) -> StepReport {

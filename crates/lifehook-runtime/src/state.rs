@@ -16,11 +16,20 @@ use wasmtime_wasi_config::WasiConfigVariables;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::bindings::lifehook::hook::log;
+use crate::caps::{CapsView, FileStreams, StepCaps};
 use crate::capture::{OutputCapture, Stream};
 use crate::denials::Denials;
 use crate::fs_gate::{FsGate, FsGateView};
 use crate::http_gate::HttpGate;
 use crate::limiter::MemoryLimiter;
+
+/// What a step's attempts share and its report reads: what was denied,
+/// the caps reached, the output.
+pub(crate) struct StepRecord {
+    pub(crate) denials: Denials,
+    pub(crate) caps: StepCaps,
+    pub(crate) output: OutputCapture,
+}
 
 /// The store data of one attempt.
 pub(crate) struct StepState {
@@ -31,6 +40,8 @@ pub(crate) struct StepState {
     pub(crate) limiter: MemoryLimiter,
     gate: HttpGate,
     fs_gate: FsGate,
+    caps: StepCaps,
+    file_streams: FileStreams,
     output: OutputCapture,
     /// When this attempt must stop; read by the epoch callback.
     pub(crate) deadline: Instant,
@@ -43,9 +54,13 @@ impl StepState {
         step: &Step,
         tcp_allowed: HashSet<SocketAddr>,
         deadline: Instant,
-        denials: Denials,
-        output: OutputCapture,
+        record: &StepRecord,
     ) -> anyhow::Result<StepState> {
+        let (denials, caps, output) = (
+            record.denials.clone(),
+            record.caps.clone(),
+            record.output.clone(),
+        );
         let mut b = WasiCtxBuilder::new();
         b.stdout(output.stream(Stream::Stdout));
         b.stderr(output.stream(Stream::Stderr));
@@ -133,7 +148,11 @@ impl StepState {
                 grants: step.grants.http.clone().into(),
                 deadline,
                 denials,
+                caps: caps.clone(),
+                in_flight: Default::default(),
             },
+            caps,
+            file_streams: FileStreams::default(),
             output,
             deadline,
         })
@@ -166,6 +185,16 @@ impl WasiHttpView for StepState {
             table: &mut self.table,
             hooks: &mut self.gate,
         }
+    }
+}
+
+impl CapsView for StepState {
+    fn caps(&self) -> &StepCaps {
+        &self.caps
+    }
+
+    fn file_streams(&mut self) -> &mut FileStreams {
+        &mut self.file_streams
     }
 }
 

@@ -10,10 +10,12 @@ use lifehook_units::format_duration;
 
 use crate::attempt;
 use crate::bindings::lifehook::hook::types::{Invocation, Phase as WitPhase};
+use crate::caps::StepCaps;
 use crate::capture::OutputCapture;
 use crate::denials::Denials;
 use crate::loader::Loader;
 use crate::report::{Outcome, StepReport};
+use crate::state::StepRecord;
 
 /// The part of the phase deadline a step may use.
 #[derive(Debug, Clone, Copy)]
@@ -22,6 +24,9 @@ pub(crate) struct Limit {
     pub(crate) until: Instant,
     /// Time kept after `until` for `always` steps (zero for those steps).
     pub(crate) reserve: Duration,
+    /// The most open handles this step may hold: its share of the
+    /// process's descriptors (see `Runner`).
+    pub(crate) max_open: usize,
 }
 
 impl Limit {
@@ -53,6 +58,7 @@ pub(crate) fn not_run(step: &Step, outcome: Outcome, message: String) -> StepRep
         duration: Duration::ZERO,
         fuel_consumed: None,
         denials: Vec::new(),
+        caps_reached: Vec::new(),
         output_dropped: 0,
         on_failure: step.on_failure,
         cut_by_deadline: false,
@@ -106,8 +112,15 @@ async fn run_plugin(
     limit: Limit,
 ) -> StepReport {
     let started = Instant::now();
-    let output = OutputCapture::new(step.limits.output);
-    let denials = Denials::default();
+    let record = StepRecord {
+        denials: Denials::default(),
+        caps: StepCaps::new(
+            (step.limits.max_open as usize).min(limit.max_open),
+            step.limits.max_write,
+            step.limits.max_http as usize,
+        ),
+        output: OutputCapture::new(step.limits.output),
+    };
     let mut report = not_run(step, Outcome::Failed, String::new());
 
     // Loading counts against the first attempt's time.
@@ -173,11 +186,10 @@ async fn run_plugin(
             step,
             &invocation,
             deadline,
-            &denials,
-            &output,
+            &record,
         )
         .await;
-        output.flush();
+        record.output.flush();
         report.attempts = attempt;
         fuel_total = fuel_total
             .zip(result.fuel)
@@ -225,8 +237,9 @@ async fn run_plugin(
         attempt += 1;
     }
     report.fuel_consumed = fuel_total;
-    report.denials = denials.snapshot();
-    report.output_dropped = output.dropped();
+    report.denials = record.denials.snapshot();
+    report.caps_reached = record.caps.all();
+    report.output_dropped = record.output.dropped();
     report.duration = started.elapsed();
     match report.outcome {
         Outcome::Ok => tracing::info!("ok: {}", report.message),
