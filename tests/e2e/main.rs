@@ -7,6 +7,7 @@ mod support;
 mod cache;
 mod cli;
 mod container;
+mod crash;
 mod delivery;
 mod exec;
 mod grants;

@@ -145,3 +145,59 @@ fn unusable_plugin_fails_its_step_at_run_time() {
         run.message("core")
     );
 }
+
+/// Hostile files through the real binary: each rejected with exit code 2
+/// and a location, within a second.
+#[test]
+fn hostile_pipeline_files_exit_2_with_a_location_in_time() {
+    let mut chain = String::new();
+    for i in 0..3_000 {
+        chain += &format!(
+            "[[pre-stop.steps]]\nname = \"s{i}\"\nsleep = \"1s\"\nneeds = [\"s{}\"]\n",
+            (i + 1) % 3_000
+        );
+    }
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "deep arrays",
+            format!("a = {}", "[".repeat(100_000)).into_bytes(),
+        ),
+        (
+            "deep tables",
+            format!("a = {}", "{b = ".repeat(100_000)).into_bytes(),
+        ),
+        (
+            "long dotted key",
+            format!("{}= 1", "a.".repeat(50_000)).into_bytes(),
+        ),
+        (
+            "not UTF-8",
+            b"[pre-stop]\ndeadline = \"5s\"\n\xff\xfe = 1\n".to_vec(),
+        ),
+        (
+            "a NUL byte",
+            b"[pre-stop]\ndeadline = \"5\x00s\"\n".to_vec(),
+        ),
+        ("a 3000-step cycle", chain.into_bytes()),
+        (
+            "only a BOM",
+            b"\xef\xbb\xbf[[pre-stop.steps]]\nname = 1\n".to_vec(),
+        ),
+    ];
+    for (name, bytes) in cases {
+        let s = Sandbox::new();
+        s.write("lifehook.toml", bytes);
+        let run = s.lifehook(&["check"]);
+        assert_eq!(run.code, 2, "{name}: exit {}\n{}", run.code, run.stderr);
+        assert!(
+            run.stderr.contains("--> lifehook.toml:"),
+            "{name}: no location:\n{}",
+            run.stderr
+        );
+        assert!(
+            run.elapsed.as_millis() < 1000,
+            "{name}: took {:?}",
+            run.elapsed
+        );
+    }
+}

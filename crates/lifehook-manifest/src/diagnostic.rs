@@ -40,22 +40,61 @@ pub struct Diagnostic {
     width: usize,
 }
 
+/// Where each line of a source starts, so that locating many diagnostics
+/// in a large file costs a binary search each, not a scan.
+pub struct LineIndex {
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    /// Indexes `source`.
+    pub fn new(source: &str) -> LineIndex {
+        let mut starts = vec![0];
+        starts.extend(source.match_indices('\n').map(|(i, _)| i + 1));
+        LineIndex { starts }
+    }
+
+    /// The 1-based line holding byte `at`.
+    fn line(&self, at: usize) -> usize {
+        self.starts.partition_point(|&s| s <= at)
+    }
+}
+
 impl Diagnostic {
     /// Locates `span` (byte offsets into `source`) and builds a diagnostic.
     pub fn new(path: &Path, source: &str, span: Range<usize>, message: impl Into<String>) -> Self {
-        let start = span.start.min(source.len());
-        let line_start = source[..start].rfind('\n').map_or(0, |i| i + 1);
-        let line_end = source[start..]
-            .find('\n')
-            .map_or(source.len(), |i| start + i);
+        Diagnostic::indexed(&LineIndex::new(source), path, source, span, message)
+    }
+
+    /// Like [`Diagnostic::new`], with the source's [`LineIndex`] at hand.
+    pub fn indexed(
+        index: &LineIndex,
+        path: &Path,
+        source: &str,
+        span: Range<usize>,
+        message: impl Into<String>,
+    ) -> Self {
+        let mut start = span.start.min(source.len());
+        while !source.is_char_boundary(start) {
+            start -= 1;
+        }
+        let line = index.line(start);
+        let line_start = index.starts[line - 1];
+        let line_end = index
+            .starts
+            .get(line)
+            .map_or(source.len(), |&next| next - 1);
         let source_line = source[line_start..line_end].trim_end_matches('\r');
         let column = source[line_start..start].chars().count() + 1;
-        let end = span.end.clamp(start, line_end);
+        let mut end = span.end.clamp(start, line_end);
+        while !source.is_char_boundary(end) {
+            end -= 1;
+        }
         let width = source[start..end].chars().count().max(1);
         Diagnostic {
             severity: Severity::Error,
             path: path.to_path_buf(),
-            line: source[..start].matches('\n').count() + 1,
+            line,
             column,
             message: message.into(),
             help: None,

@@ -27,8 +27,9 @@ pub(crate) fn resolve(
     source: &str,
 ) -> Vec<Diagnostic> {
     let mut problems = Vec::new();
+    let lines = crate::diagnostic::LineIndex::new(source);
     let mut problem = |at: std::ops::Range<usize>, message: String, help: String| {
-        problems.push(Diagnostic::new(path, source, at, message).with_help(help));
+        problems.push(Diagnostic::indexed(&lines, path, source, at, message).with_help(help));
     };
     let mut index: HashMap<&str, usize> = HashMap::new();
     for (i, s) in phase.steps.iter().enumerate() {

@@ -132,18 +132,25 @@ enum Child {
 /// Every unknown key in the document.
 pub(crate) fn check(doc: &Spanned<DeTable<'_>>, path: &Path, source: &str) -> Vec<Diagnostic> {
     let mut problems = Vec::new();
-    walk(doc.get_ref(), Table::Top, path, source, &mut problems);
+    let lines = crate::diagnostic::LineIndex::new(source);
+    let at = Located {
+        path,
+        source,
+        lines: &lines,
+    };
+    walk(doc.get_ref(), Table::Top, &at, &mut problems);
     problems.sort_by_key(|d| (d.line, d.column));
     problems
 }
 
-fn walk(
-    table: &DeTable<'_>,
-    kind: Table,
-    path: &Path,
-    source: &str,
-    problems: &mut Vec<Diagnostic>,
-) {
+/// The file diagnostics point into.
+struct Located<'a> {
+    path: &'a Path,
+    source: &'a str,
+    lines: &'a crate::diagnostic::LineIndex,
+}
+
+fn walk(table: &DeTable<'_>, kind: Table, at: &Located<'_>, problems: &mut Vec<Diagnostic>) {
     let fields = kind.fields();
     for (key, value) in table {
         let name: &str = key.get_ref();
@@ -153,9 +160,10 @@ fn walk(
                 None => format!("the keys {} are: {}", kind.describe(), fields.join(", ")),
             };
             problems.push(
-                Diagnostic::new(
-                    path,
-                    source,
+                Diagnostic::indexed(
+                    at.lines,
+                    at.path,
+                    at.source,
                     key.span(),
                     format!("unknown key `{name}` {}", kind.describe()),
                 )
@@ -164,13 +172,11 @@ fn walk(
             continue;
         }
         match (kind.child(name), value.get_ref()) {
-            (Some(Child::Table(child)), DeValue::Table(t)) => {
-                walk(t, child, path, source, problems)
-            }
+            (Some(Child::Table(child)), DeValue::Table(t)) => walk(t, child, at, problems),
             (Some(Child::Array(child)), DeValue::Array(items)) => {
                 for item in items.iter() {
                     if let DeValue::Table(t) = item.get_ref() {
-                        walk(t, child, path, source, problems);
+                        walk(t, child, at, problems);
                     }
                 }
             }

@@ -31,6 +31,8 @@
 
 pub mod budget;
 pub mod diagnostic;
+#[cfg(test)]
+mod fuzz;
 pub mod grant;
 pub mod graph;
 pub mod interpolate;
@@ -70,10 +72,28 @@ pub enum ManifestError {
 /// environment. With `only`, resolves just that phase (the other phases are
 /// still parsed, so syntax errors anywhere are reported).
 pub fn load(path: &Path, only: Option<PhaseName>) -> Result<Pipeline, ManifestError> {
-    let source = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+    let bytes = std::fs::read(path).map_err(|source| ManifestError::Read {
         path: path.to_path_buf(),
         source,
     })?;
+    let source = match String::from_utf8(bytes) {
+        Ok(source) => source,
+        Err(e) => {
+            // Located like any other problem: at the first bad byte.
+            let at = e.utf8_error().valid_up_to();
+            let shown = String::from_utf8_lossy(e.as_bytes()).into_owned();
+            let valid = String::from_utf8_lossy(&e.as_bytes()[..at]).len();
+            return Err(ManifestError::Invalid(Diagnostics(vec![
+                Diagnostic::new(
+                    path,
+                    &shown,
+                    valid..valid + 1,
+                    format!("the file is not UTF-8 text (a bad byte at offset {at})"),
+                )
+                .with_help("pipeline files are TOML, which is UTF-8: save the file as UTF-8"),
+            ])));
+        }
+    };
     parse(&source, path, &|name| std::env::var(name).ok(), only).map_err(ManifestError::Invalid)
 }
 

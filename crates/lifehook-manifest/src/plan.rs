@@ -337,6 +337,7 @@ struct Defaults {
 struct Resolver<'a> {
     path: &'a Path,
     source: &'a str,
+    lines: crate::diagnostic::LineIndex,
     base_dir: PathBuf,
     env: &'a dyn Fn(&str) -> Option<String>,
     problems: Vec<Diagnostic>,
@@ -359,6 +360,7 @@ pub(crate) fn resolve(
     let mut r = Resolver {
         path,
         source,
+        lines: crate::diagnostic::LineIndex::new(source),
         base_dir,
         env,
         problems: Vec::new(),
@@ -403,7 +405,7 @@ impl Resolver<'_> {
         message: impl Into<String>,
         help: Option<String>,
     ) -> Diagnostic {
-        let mut d = Diagnostic::new(self.path, self.source, at.span(), message);
+        let mut d = Diagnostic::indexed(&self.lines, self.path, self.source, at.span(), message);
         if let Some(help) = help {
             d = d.with_help(help);
         }
@@ -525,7 +527,8 @@ impl Resolver<'_> {
                 PhaseName::PostStart => DEFAULT_POST_START_DEADLINE,
             },
         };
-        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        // Step names and where each was first written.
+        let mut seen: BTreeMap<String, std::ops::Range<usize>> = BTreeMap::new();
         let mut steps = Vec::with_capacity(raw.steps.len());
         let mut spans = Vec::with_capacity(raw.steps.len());
         for raw_step in raw.steps {
@@ -543,7 +546,10 @@ impl Resolver<'_> {
                 continue;
             };
             let name_value = step_name.get_ref().clone();
-            if let Some(first_line) = seen.get(&name_value) {
+            if let Some(first) = seen.get(&name_value) {
+                let first_line = self
+                    .diagnostic(&Spanned::new(first.clone(), ()), "", None)
+                    .line;
                 self.problem(
                     &step_name,
                     format!("duplicate step name `{name_value}` in [{name}]"),
@@ -552,8 +558,7 @@ impl Resolver<'_> {
                     )),
                 );
             } else {
-                let line = self.source[..step_name.span().start].matches('\n').count() + 1;
-                seen.insert(name_value, line);
+                seen.insert(name_value, step_name.span());
             }
             let step = self.step(&raw_step, &step_name, step_span.clone(), defaults);
             spans.push(StepSpans {

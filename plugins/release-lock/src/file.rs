@@ -1,9 +1,14 @@
 //! The file backend: a lock file whose first line is the owner's token.
 //!
-//! The file is first renamed to a private name (atomic), so what is read is
-//! exactly what is then deleted; if it turns out to be someone else's, it is
-//! linked back under the lock name (which fails rather than overwrite a lock
-//! another pod took in between).
+//! Crash-safe: the runner may be killed at any instant (a SIGKILL at the end
+//! of a grace period), so no step may leave someone else's lock anywhere but
+//! at its own path, nor a lock half-written. So someone else's lock is never
+//! moved: a private second name is linked to the lock (atomic) and the token
+//! read through it. Only when it is ours is the lock taken, by renaming it
+//! onto the private name (atomic), checked again (another pod may have
+//! replaced it in between), and removed. A kill at any point leaves the lock
+//! intact, or released if it was ours, plus at most a stray private name,
+//! which the next run removes.
 
 use std::fs;
 use std::io;
@@ -15,38 +20,78 @@ use lifehook_sdk::fs::{io_failure, temp_path};
 use crate::Released;
 
 pub fn release(path: &Path, token: &str) -> Result<Released, Failure> {
+    remove_stray_links(path);
     let private = temp_path(path);
-    match fs::rename(path, &private) {
+    match fs::hard_link(path, &private) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Released::Absent),
+        Err(e) => return Err(io_failure("link", path, &e)),
+    }
+    let outcome = check_and_remove(path, &private, token);
+    let _ = fs::remove_file(&private);
+    outcome
+}
+
+fn check_and_remove(path: &Path, private: &Path, token: &str) -> Result<Released, Failure> {
+    let content = fs::read_to_string(private).map_err(|e| io_failure("read", path, &e))?;
+    let owner = content.lines().next().unwrap_or("").trim();
+    if owner != token {
+        return Ok(Released::HeldByOther(owner.to_owned()));
+    }
+    // Ours: take it, atomically, and look again at what was taken (another
+    // pod may have replaced a lock it thought free since the read). Not
+    // onto the link itself: renaming a file onto another name of the same
+    // file does nothing.
+    let _ = fs::remove_file(private);
+    match fs::rename(path, private) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Released::Absent),
         Err(e) => return Err(io_failure("take", path, &e)),
     }
-    let content = match fs::read_to_string(&private) {
-        Ok(c) => c,
-        Err(e) => {
-            restore(&private, path);
-            return Err(io_failure("read", path, &e));
-        }
-    };
-    let owner = content.lines().next().unwrap_or("").trim();
+    let taken = fs::read_to_string(private).unwrap_or_default();
+    let owner = taken.lines().next().unwrap_or("").trim();
     if owner == token {
-        fs::remove_file(&private).map_err(|e| io_failure("remove", &private, &e))?;
-        Ok(Released::Released)
-    } else {
-        restore(&private, path);
-        Ok(Released::HeldByOther(owner.to_owned()))
+        return Ok(Released::Released);
     }
+    let owner = owner.to_owned();
+    put_back(private, path);
+    Ok(Released::HeldByOther(owner))
 }
 
 /// Puts another owner's lock back without overwriting a newer lock.
-fn restore(private: &Path, path: &Path) {
-    if fs::hard_link(private, path).is_ok() || !path.exists() && fs::rename(private, path).is_ok() {
-        let _ = fs::remove_file(private);
-    } else {
+fn put_back(private: &Path, path: &Path) {
+    if fs::hard_link(private, path).is_err()
+        && (path.exists() || fs::rename(private, path).is_err())
+    {
         lifehook_sdk::log::warn(&format!(
-            "another lock appeared at {} while checking it; the previous one is kept at {}",
+            "another lock appeared at {} while checking it; the one taken is kept at {}",
             path.display(),
             private.display()
         ));
+        // Keep it: the caller removes `private` otherwise.
+        let kept = private.with_extension("kept");
+        let _ = fs::rename(private, kept);
+    }
+}
+
+/// Removes private links left by a run that was killed: `.<name>.tmp-*`
+/// beside the lock.
+fn remove_stray_links(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let prefix = format!(".{}.tmp-", name.to_string_lossy());
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = fs::remove_file(entry.path());
+        }
     }
 }

@@ -47,7 +47,7 @@ impl Hook for SaveState {
         let exclude = patterns("exclude", &[])?;
         let keep = config::parse::<usize>("keep")?.unwrap_or(3).max(1);
 
-        remove_leftovers(&destination, &name);
+        let started = std::time::SystemTime::now();
         let mut files = Vec::new();
         collect(&source, &source, &include, &exclude, &mut files)?;
         files.sort();
@@ -102,6 +102,7 @@ impl Hook for SaveState {
         })
         .map_err(|e| io_failure("write snapshot", &target, &e))?;
 
+        remove_leftovers(&destination, &name, started);
         let removed = prune(&destination, &name, keep);
         let mut summary = format!(
             "saved {} files ({} bytes) to {}",
@@ -191,14 +192,20 @@ fn collect(
     Ok(())
 }
 
-/// Removes temporary files of saves that were interrupted (the runner stops
-/// a plugin at its deadline, leaving its temporary file behind).
-fn remove_leftovers(dir: &Path, name: &str) {
+/// Removes temporary files of saves that were interrupted (the runner
+/// stopped them at a deadline, or the process was killed): those not written
+/// to since this save `started`. A save running at the same time (a hook
+/// delivered twice) keeps writing its own, so it is left alone.
+fn remove_leftovers(dir: &Path, name: &str, started: std::time::SystemTime) {
     let prefix = format!(".{name}-");
     if let Ok(entries) = fs::read_dir(dir) {
         for entry in entries.flatten() {
             let file = entry.file_name().to_string_lossy().into_owned();
-            if file.starts_with(&prefix) && file.contains(".tar.tmp-") {
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|modified| modified < started);
+            if file.starts_with(&prefix) && file.contains(".tar.tmp-") && stale {
                 let _ = fs::remove_file(entry.path());
             }
         }
