@@ -176,7 +176,9 @@ fn runtime_only_build_runs_precompiled_plugins() {
     let s = sandbox_with_plugin();
     let runtime_only = |args: &[&str]| {
         let mut cmd = std::process::Command::new(&binary);
-        cmd.args(args).current_dir(s.dir.path());
+        cmd.args(args)
+            .current_dir(s.dir.path())
+            .env("LIFEHOOK_STATE_DIR", crate::support::fresh_state_dir());
         crate::support::run_command(cmd)
     };
     // Compiled by the full build, run by the runtime-only one.

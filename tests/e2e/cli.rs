@@ -185,7 +185,12 @@ fn every_example_pipeline_is_valid() {
             .env(
                 "LIFEHOOK_PYTHON_PLUGIN",
                 crate::support::plugins::FIXTURE_HOOK,
-            );
+            )
+            .env(
+                "LIFEHOOK_PYTHON_READINESS",
+                crate::support::plugins::FIXTURE_HOOK,
+            )
+            .env("LIFEHOOK_JS_NOTIFY", crate::support::plugins::FIXTURE_HOOK);
         let run = run_command(cmd);
         assert_eq!(
             run.code,

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod authoring;
 mod cache;
 mod cli;
 mod container;

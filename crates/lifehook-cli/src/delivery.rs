@@ -25,14 +25,25 @@ use serde::{Deserialize, Serialize};
 /// The environment variable naming the state directory.
 pub const STATE_DIR_ENV: &str = "LIFEHOOK_STATE_DIR";
 
-/// Where markers are kept: `[state] dir`, `$LIFEHOOK_STATE_DIR`, or a
-/// `lifehook` directory under the system temp dir.
-pub fn state_dir(pipeline: &Pipeline) -> PathBuf {
+/// Where markers are kept: `[state] dir`, `$LIFEHOOK_STATE_DIR`, or, in a
+/// container, a `lifehook` directory under the system temp dir. `None` on
+/// a workstation with neither set: there is no container incarnation to
+/// remember a delivery for, and a developer running a pipeline twice wants
+/// it run twice.
+pub fn state_dir(pipeline: &Pipeline) -> Option<PathBuf> {
     pipeline
         .state_dir
         .clone()
         .or_else(|| std::env::var_os(STATE_DIR_ENV).map(PathBuf::from))
-        .unwrap_or_else(|| std::env::temp_dir().join("lifehook"))
+        .or_else(|| in_a_container().then(|| std::env::temp_dir().join("lifehook")))
+}
+
+/// True in a Kubernetes pod (the kubelet sets `KUBERNETES_SERVICE_HOST` in
+/// every container) or a docker or podman container.
+fn in_a_container() -> bool {
+    std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+        || Path::new("/.dockerenv").exists()
+        || Path::new("/run/.containerenv").exists()
 }
 
 /// This container's incarnation: PID 1's start time and the boot id.
@@ -118,7 +129,7 @@ impl Delivery {
     /// The delivery of `phase` of `pipeline` (whose file holds `contents`),
     /// or `None`, after one warning, when markers cannot be kept.
     pub fn new(pipeline: &Pipeline, contents: &[u8], phase: PhaseName) -> Option<Delivery> {
-        let dir = state_dir(pipeline);
+        let dir = state_dir(pipeline)?;
         let Some(incarnation) = incarnation() else {
             tracing::warn!(
                 "cannot tell this container's incarnation from /proc/1/stat; running without done-markers (a repeated delivery runs again)"

@@ -92,6 +92,23 @@ impl ArtifactCache {
             .join(format!("{stem}-{plugin_hash:032x}.{EXTENSION}"))
     }
 
+    /// The artifact of `plugin` in this cache, if there is one whose
+    /// checksum and source hash check out (wasmtime's own compatibility
+    /// check happens only when loading it).
+    pub fn artifact_of(&self, plugin: &Path) -> std::io::Result<Option<PathBuf>> {
+        let bytes = map_file(plugin)?;
+        let plugin_hash = xxh3_128(&bytes);
+        let artifact = self.artifact_path(plugin, plugin_hash);
+        let data = match map_file(&artifact) {
+            Ok(data) => data,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(verify_trailer(&data, plugin_hash)
+            .is_ok()
+            .then_some(artifact))
+    }
+
     /// Loads `plugin` from its artifact when a valid one exists, otherwise
     /// compiles it (saying why).
     pub fn load(&self, rt: &Runtime, plugin: &Path) -> Result<Plugin, LoadError> {

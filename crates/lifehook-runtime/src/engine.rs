@@ -79,6 +79,10 @@ fn build_linker(engine: &Engine) -> anyhow::Result<Linker<StepState>> {
         &mut linker,
         |s| s,
     )?;
+    bindings::lifehook::hook::deadline::add_to_linker::<StepState, HasSelf<StepState>>(
+        &mut linker,
+        |s| s,
+    )?;
     Ok(linker)
 }
 

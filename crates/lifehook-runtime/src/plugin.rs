@@ -107,7 +107,7 @@ pub enum LoadError {
     },
     /// `run` is exported with another signature.
     #[error(
-        "plugin {path} exports `run` with a signature other than lifehook:hook@0.1.0's (built against another version of wit/hook.wit?): {message}"
+        "plugin {path} exports `run` with a signature other than lifehook:hook@0.1's (built against another version of wit/hook.wit?): {message}"
     )]
     HookSignature {
         /// The plugin file.

@@ -15,7 +15,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_config::WasiConfigVariables;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::bindings::lifehook::hook::log;
+use crate::bindings::lifehook::hook::{deadline, log};
 use crate::caps::{CapsView, FileStreams, StepCaps};
 use crate::capture::{OutputCapture, Stream};
 use crate::denials::Denials;
@@ -201,6 +201,16 @@ impl CapsView for StepState {
 impl FsGateView for StepState {
     fn fs_gate(&mut self) -> &mut FsGate {
         &mut self.fs_gate
+    }
+}
+
+impl deadline::Host for StepState {
+    fn time_left_ms(&mut self) -> u64 {
+        self.deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis()
+            .try_into()
+            .unwrap_or(u64::MAX)
     }
 }
 

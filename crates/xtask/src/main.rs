@@ -190,9 +190,20 @@ fn test(extra: &[String]) -> anyhow::Result<u8> {
         .args(["--", "--ignored", "--test-threads", "2", "container_"])
         .env("LIFEHOOK_STATIC_BIN", &lifehook_static)
         .env("LIFEHOOK_STATIC_APP", &app_static))?;
-    // A plugin written in Python, built with componentize-py from PyPI.
-    let python_plugin = build_python_plugin()?;
+    // Plugins written in Python and JavaScript, built with componentize-py
+    // (PyPI) and componentize-js (npm), pinned, installed under target/.
+    let tools = install_language_tools()?;
+    let python_plugin = build_python_plugin(&tools, "python-plugin", "hook", "drain")?;
     ignored_e2e_test("python_plugin", "LIFEHOOK_PYTHON_PLUGIN", &python_plugin)?;
+    let readiness = build_python_plugin(&tools, "python-readiness", "hook-http", "wait_ready")?;
+    let notify_js = build_js_plugin(&tools, "js-notify", "notify_js")?;
+    run(cargo()
+        .args(["test", "--package", "lifehook-cli", "--test", "e2e"])
+        .args(["--", "--ignored", "--test-threads", "1", "languages_"])
+        .env("LIFEHOOK_PYTHON_READINESS", &readiness)
+        .env("LIFEHOOK_JS_NOTIFY", &notify_js)
+        .env("LIFEHOOK_COMPONENTIZE_PY", &tools.componentize_py)
+        .env("LIFEHOOK_COMPONENTIZE_JS", &tools.componentize_js))?;
     // The plugins' own unit tests (RESP parsing, snapshot paths, durations)
     // run on the host.
     run(cargo()
@@ -227,8 +238,6 @@ fn build_static_for_containers() -> anyhow::Result<(PathBuf, PathBuf)> {
     Ok((dir.join("lifehook"), dir.join("test-app")))
 }
 
-/// Builds examples/python-plugin with componentize-py in a virtualenv under
-/// `target/`.
 /// Runs the end-to-end tests named `name`, which are ignored by a plain
 /// `cargo test` because they need `var` set to a path this command built.
 fn ignored_e2e_test(name: &str, var: &str, value: &Path) -> anyhow::Result<()> {
@@ -238,29 +247,65 @@ fn ignored_e2e_test(name: &str, var: &str, value: &Path) -> anyhow::Result<()> {
         .env(var, value))
 }
 
-fn build_python_plugin() -> anyhow::Result<PathBuf> {
+/// componentize-py and componentize-js, pinned, installed once under
+/// target/ (a second run finds them there).
+struct LanguageTools {
+    componentize_py: PathBuf,
+    componentize_js: PathBuf,
+}
+
+const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
+const COMPONENTIZE_JS: &str = "@bytecodealliance/componentize-js@0.23.0";
+
+fn install_language_tools() -> anyhow::Result<LanguageTools> {
     let venv = root().join("target/py-venv");
-    let bin = venv.join("bin");
-    if !bin.join("componentize-py").is_file() {
+    let componentize_py = venv.join("bin/componentize-py");
+    if !componentize_py.is_file() {
         run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-        run(Command::new(bin.join("pip")).args(["install", "--quiet", "componentize-py==0.25.1"]))?;
+        run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", COMPONENTIZE_PY]))?;
     }
-    let out = root().join("target/python-plugin/drain.wasm");
-    std::fs::create_dir_all(out.parent().context("output directory")?)?;
-    run(Command::new(bin.join("componentize-py"))
-        .args([
-            "-d",
-            "wit",
-            "-w",
-            "hook",
-            "componentize",
-            "-p",
-            "examples/python-plugin",
-            "app",
-            "-o",
-        ])
-        .arg(&out))?;
-    Ok(out)
+    let js = root().join("target/js-tools");
+    let componentize_js = js.join("node_modules/.bin/componentize-js");
+    if !componentize_js.is_file() {
+        std::fs::create_dir_all(&js)?;
+        run(Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+            .arg(&js)
+            .arg(COMPONENTIZE_JS))?;
+    }
+    Ok(LanguageTools {
+        componentize_py,
+        componentize_js,
+    })
+}
+
+/// Builds examples/`example` (app.py) against `world` into
+/// target/language-plugins/`out`.wasm.
+fn build_python_plugin(
+    tools: &LanguageTools,
+    example: &str,
+    world: &str,
+    out: &str,
+) -> anyhow::Result<PathBuf> {
+    let wasm = root().join(format!("target/language-plugins/{out}.wasm"));
+    std::fs::create_dir_all(wasm.parent().context("output directory")?)?;
+    run(Command::new(&tools.componentize_py)
+        .args(["-d", "wit", "-w", world, "componentize", "-p"])
+        .arg(format!("examples/{example}"))
+        .args(["app", "-o"])
+        .arg(&wasm))?;
+    Ok(wasm)
+}
+
+/// Builds examples/`example`/app.js into target/language-plugins/`out`.wasm.
+fn build_js_plugin(tools: &LanguageTools, example: &str, out: &str) -> anyhow::Result<PathBuf> {
+    let wasm = root().join(format!("target/language-plugins/{out}.wasm"));
+    std::fs::create_dir_all(wasm.parent().context("output directory")?)?;
+    run(Command::new(&tools.componentize_js)
+        .arg(format!("examples/{example}/app.js"))
+        .args(["--wit", "wit", "-n", "hook", "-o"])
+        .arg(&wasm))?;
+    Ok(wasm)
 }
 
 fn host_triple() -> anyhow::Result<String> {

@@ -49,6 +49,12 @@ pub use bindings::lifehook::hook::types::{Failure, Invocation, Phase};
 /// Exports a type implementing [`Hook`] as the component's `run`.
 pub use bindings::export;
 
+/// Time this attempt has left now, as the runner counts it
+/// (`lifehook:hook/deadline`, contract 0.1.1).
+pub fn time_left_now() -> std::time::Duration {
+    std::time::Duration::from_millis(bindings::lifehook::hook::deadline::time_left_ms())
+}
+
 impl Failure {
     /// A failure that trying again cannot fix (bad configuration, a lock
     /// held by someone else).
@@ -81,7 +87,7 @@ impl Failure {
 }
 
 impl Invocation {
-    /// Time left before this attempt is stopped.
+    /// Time this attempt had left when it was called.
     pub fn time_left(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.time_left_ms)
     }

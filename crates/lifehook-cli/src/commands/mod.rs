@@ -4,6 +4,8 @@ mod check;
 mod common;
 mod compile;
 mod exec;
+mod inspect;
+mod new;
 pub mod run;
 pub mod serve;
 
@@ -44,6 +46,8 @@ pub enum Command {
     Serve(serve::Serve),
     Check(check::Check),
     Compile(compile::Compile),
+    Inspect(inspect::Inspect),
+    New(new::New),
 }
 
 impl Command {
@@ -55,6 +59,8 @@ impl Command {
             Command::Serve(c) => c.execute(),
             Command::Check(c) => c.execute(),
             Command::Compile(c) => c.execute(),
+            Command::Inspect(c) => c.execute(),
+            Command::New(c) => c.execute(),
         }
     }
 }
