@@ -197,11 +197,15 @@ impl Exec {
         let _ = s.app.reap();
         eprint!("{}", s.timeline.render());
         let code = s.ended.map_or(1, Ended::code);
-        Ok(if s.post_start_failed && code == 0 {
+        let code = if s.post_start_failed && code == 0 {
             1
         } else {
             code
-        })
+        };
+        // The process ends next: not unregistering the plugins' machine code
+        // saves the static build's quadratic unwinder teardown (see `run`).
+        std::mem::forget(s);
+        Ok(code)
     }
 }
 

@@ -208,6 +208,8 @@ impl Serve {
         }
         eprintln!("lifehook serve: stopping; waiting for running phases");
         server.wait_for_running().await;
+        // The process ends next (see `run` on why not to drop plugins).
+        std::mem::forget(server);
         Ok(EXIT_OK)
     }
 }
