@@ -202,6 +202,40 @@ fn runtime_only_build_runs_precompiled_plugins() {
         "{}",
         compile.stderr
     );
+
+    // An OCI plugin pulled and compiled by the full build runs in the
+    // runtime-only one, with the registry gone; one it would have to pull
+    // is refused by name.
+    let mut registry = crate::support::registry::Registry::start();
+    let tag = registry.reference("hooks/runtime-only:1");
+    let pushed = s.lifehook(&[
+        "push",
+        "p.wasm",
+        &tag,
+        "--insecure-registry",
+        &registry.host(),
+    ]);
+    assert_eq!(pushed.code, 0, "{}", pushed.stderr);
+    s.write(
+        "lifehook.toml",
+        format!(
+            "[oci]\ninsecure-registries = [\"{}\"]\n[[pre-stop.steps]]\nname = \"s\"\nplugin = \"{tag}\"\nconfig = {{ mode = \"ok\" }}\n",
+            registry.host()
+        ),
+    );
+    assert_eq!(s.lifehook(&["compile", "--cache", "cache"]).code, 0);
+    registry.stop();
+    let run = runtime_only(&["run", "--report", "json", "--cache", "cache"]);
+    assert_eq!(run.assert_outcome("s", "ok")["code"], "precompiled");
+    let unpulled = runtime_only(&["run", "--report", "json", "--cache", "elsewhere"]);
+    unpulled.assert_outcome("s", "failed");
+    assert!(
+        unpulled
+            .message("s")
+            .contains("built without registry support"),
+        "{}",
+        unpulled.message("s")
+    );
 }
 
 #[test]

@@ -19,6 +19,7 @@ mod manifest_errors;
 mod output;
 mod pods;
 mod policy;
+mod registry;
 mod retries;
 mod sample_lock;
 mod sample_notify;

@@ -14,7 +14,8 @@ use toml::de::{DeTable, DeValue};
 
 use crate::diagnostic::Diagnostic;
 use crate::schema::{
-    RawAllow, RawDefaults, RawDirTable, RawPhase, RawPipeline, RawRetries, RawState, RawStep,
+    RawAllow, RawDefaults, RawDirTable, RawOci, RawPhase, RawPipeline, RawRetries, RawState,
+    RawStep,
 };
 
 /// The field names serde's derive gave struct `T`, read by asking `T` to
@@ -74,6 +75,7 @@ enum Table {
     Top,
     Defaults,
     State,
+    Oci,
     Phase(&'static str),
     Step(&'static str),
     Retries,
@@ -87,6 +89,7 @@ impl Table {
             Table::Top => fields_of::<RawPipeline>(),
             Table::Defaults => fields_of::<RawDefaults>(),
             Table::State => fields_of::<RawState>(),
+            Table::Oci => fields_of::<RawOci>(),
             Table::Phase(_) => fields_of::<RawPhase>(),
             Table::Step(_) => fields_of::<RawStep>(),
             Table::Retries => fields_of::<RawRetries>(),
@@ -100,6 +103,7 @@ impl Table {
             Table::Top => "at the top level".into(),
             Table::Defaults => "in [defaults]".into(),
             Table::State => "in [state]".into(),
+            Table::Oci => "in [oci]".into(),
             Table::Phase(p) => format!("in [{p}]"),
             Table::Step(p) => format!("in a step of [{p}]"),
             Table::Retries => "in `retries`".into(),
@@ -113,6 +117,7 @@ impl Table {
         Some(match (self, key) {
             (Table::Top, "defaults") => Child::Table(Table::Defaults),
             (Table::Top, "state") => Child::Table(Table::State),
+            (Table::Top, "oci") => Child::Table(Table::Oci),
             (Table::Top, "pre-stop") => Child::Table(Table::Phase("pre-stop")),
             (Table::Top, "post-start") => Child::Table(Table::Phase("post-start")),
             (Table::Phase(p), "steps") => Child::Array(Table::Step(p)),

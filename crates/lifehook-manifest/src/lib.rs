@@ -39,6 +39,7 @@ pub mod interpolate;
 mod keys;
 pub mod plan;
 pub mod schema;
+pub mod source;
 pub mod units;
 
 use std::path::{Path, PathBuf};
@@ -47,8 +48,11 @@ use serde::Deserialize as _;
 
 pub use diagnostic::{Diagnostic, Diagnostics, Severity, render_problems};
 pub use grant::{DirGrant, GrantError, HttpGrant, Scheme, TcpGrant};
-pub use plan::{Action, Grants, Limits, Phase, PhaseName, Pipeline, RetryPolicy, Step};
+pub use plan::{
+    Action, Grants, Limits, Phase, PhaseName, Pipeline, RetryPolicy, SleepAction, Step,
+};
 pub use schema::{Access, OnFailure};
+pub use source::{OciReference, PluginRef, PluginSource, PullPolicy};
 pub use units::Fuel;
 
 /// Why a pipeline file could not be loaded.
@@ -172,7 +176,11 @@ mod tests {
         assert_eq!(step.on_failure, OnFailure::Continue);
         assert_eq!(step.retry.attempts, 1);
         assert!(step.grants.http.is_empty() && step.grants.dirs.is_empty());
-        assert!(step.plugin().is_some_and(|p| p.is_absolute()));
+        assert!(
+            step.plugin()
+                .and_then(PluginRef::file)
+                .is_some_and(|p| p.is_absolute())
+        );
     }
 
     #[test]
@@ -371,7 +379,12 @@ allow.dirs = ["data", { host = "./state/../snap", guest = "/snap", access = "rea
             .parse("[[pre-stop.steps]]\nname = \"wait\"\nsleep = \"5s\"\n")
             .expect("valid");
         let step = &p.phases[0].steps[0];
-        assert_eq!(step.action, Action::Sleep(Duration::from_secs(5)));
+        assert_eq!(
+            step.action,
+            Action::Sleep(SleepAction {
+                duration: Duration::from_secs(5)
+            })
+        );
         assert_eq!(step.limits.timeout, Duration::from_secs(5));
         let e = f.error("[[pre-stop.steps]]\nname = \"wait\"\nsleep = \"5s\"\ntimeout = \"1s\"\nconfig = { a = 1 }\n");
         assert!(

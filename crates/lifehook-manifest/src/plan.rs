@@ -14,6 +14,7 @@ use crate::diagnostic::{Diagnostic, Diagnostics};
 use crate::grant::{DirGrant, HttpGrant, TcpGrant};
 use crate::interpolate::{interpolate, is_env_name};
 use crate::schema::{OnFailure, RawDefaults, RawPhase, RawPipeline, RawRetries, RawStep};
+use crate::source::{OciReference, PluginRef, PluginSource};
 use crate::units::Fuel;
 
 /// Wall-time limit of one attempt when neither the step nor `[defaults]` sets one.
@@ -82,6 +83,8 @@ pub struct Pipeline {
     pub phases: Vec<Phase>,
     /// `[state] dir`, absolute, when the file sets it.
     pub state_dir: Option<PathBuf>,
+    /// `[oci] insecure-registries`: reached over plain HTTP.
+    pub insecure_registries: Vec<String>,
     /// Budget findings: the file is valid, but its time budget does not fit
     /// (errors: `check` fails, `run` warns) or may not fit (warnings).
     #[serde(skip)]
@@ -164,13 +167,20 @@ impl Edges {
 
 /// What a step does.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(untagged)]
 pub enum Action {
-    /// Runs this plugin component (an absolute path).
-    Plugin(PathBuf),
+    /// Runs this plugin component.
+    Plugin(PluginRef),
     /// Waits this long (the built-in `sleep` step).
-    #[serde(with = "millis")]
-    Sleep(Duration),
+    Sleep(SleepAction),
+}
+
+/// The built-in wait, as the JSON plan shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SleepAction {
+    /// How long.
+    #[serde(rename = "sleep", with = "millis")]
+    pub duration: Duration,
 }
 
 /// One step, ready to run.
@@ -209,10 +219,10 @@ pub struct Step {
 }
 
 impl Step {
-    /// The plugin file, unless this is a `sleep` step.
-    pub fn plugin(&self) -> Option<&Path> {
+    /// The plugin, unless this is a `sleep` step.
+    pub fn plugin(&self) -> Option<&PluginRef> {
         match &self.action {
-            Action::Plugin(path) => Some(path),
+            Action::Plugin(plugin) => Some(plugin),
             Action::Sleep(_) => None,
         }
     }
@@ -373,6 +383,20 @@ pub(crate) fn resolve(
         .as_ref()
         .and_then(|d| r.text(d))
         .map(|d| normalize(&r.base_dir.join(d)));
+    let mut insecure_registries = Vec::new();
+    for entry in &raw.oci.insecure_registries {
+        if let Some(host) = r.text(entry) {
+            if host.contains("://") || host.contains('/') || host.is_empty() {
+                r.problem(
+                    entry,
+                    format!("insecure registry {host:?} is not a `host:port`"),
+                    Some("write the registry as it appears in oci:// references, like \"127.0.0.1:5000\"".into()),
+                );
+            } else {
+                insecure_registries.push(host.to_ascii_lowercase());
+            }
+        }
+    }
     let mut phases = Vec::new();
     for (name, raw_phase) in [
         (PhaseName::PreStop, raw.pre_stop),
@@ -391,6 +415,7 @@ pub(crate) fn resolve(
             path: path.to_path_buf(),
             phases,
             state_dir,
+            insecure_registries,
             findings: r.findings,
         })
     } else {
@@ -606,10 +631,12 @@ impl Resolver<'_> {
             );
         }
         let action = match (&raw.plugin, &raw.sleep) {
-            (Some(plugin), None) => Action::Plugin(self.plugin(plugin)),
+            (Some(plugin), None) => Action::Plugin(self.plugin(plugin, raw)),
             (None, Some(sleep)) => {
                 self.sleep_only(raw);
-                Action::Sleep(sleep.get_ref().0)
+                Action::Sleep(SleepAction {
+                    duration: sleep.get_ref().0,
+                })
             }
             (Some(plugin), Some(_)) => {
                 self.problem(
@@ -617,7 +644,9 @@ impl Resolver<'_> {
                     format!("step `{}` has both `plugin` and `sleep`", name.get_ref()),
                     Some("a step either runs a plugin or waits; split it into two steps".into()),
                 );
-                Action::Plugin(PathBuf::new())
+                Action::Sleep(SleepAction {
+                    duration: Duration::ZERO,
+                })
             }
             (None, None) => {
                 self.problem(
@@ -625,11 +654,13 @@ impl Resolver<'_> {
                     format!("step `{}` has neither `plugin` nor `sleep`", name.get_ref()),
                     Some("give it a plugin (plugin = \"plugins/notify.wasm\") or make it a wait (sleep = \"5s\")".into()),
                 );
-                Action::Plugin(PathBuf::new())
+                Action::Sleep(SleepAction {
+                    duration: Duration::ZERO,
+                })
             }
         };
         let timeout = match &action {
-            Action::Sleep(d) => *d,
+            Action::Sleep(s) => s.duration,
             Action::Plugin(_) => raw
                 .timeout
                 .as_ref()
@@ -755,11 +786,58 @@ impl Resolver<'_> {
         }
     }
 
-    fn plugin(&mut self, raw: &Spanned<String>) -> PathBuf {
-        let Some(text) = self.text(raw) else {
-            return PathBuf::new();
+    /// The plugin reference: a file (which must exist) or an OCI
+    /// reference, with its `sha256` pin and pull policy.
+    fn plugin(&mut self, raw: &Spanned<String>, step: &RawStep) -> PluginRef {
+        let sha256 = step.sha256.as_ref().and_then(|pin| {
+            let hex = self.text(pin)?;
+            match crate::source::check_sha256(&hex) {
+                Ok(()) => Some(hex),
+                Err(why) => {
+                    self.problem(
+                        pin,
+                        format!("invalid sha256 pin: {why}"),
+                        Some("pin the plugin with `sha256sum plugin.wasm`".into()),
+                    );
+                    None
+                }
+            }
+        });
+        let text = self.text(raw).unwrap_or_default();
+        let source = if text.starts_with("oci://") {
+            match OciReference::parse(&text) {
+                Ok(r) => PluginSource::Oci(r),
+                Err(why) => {
+                    self.problem(
+                        raw,
+                        why,
+                        Some("write oci://REGISTRY/REPOSITORY:TAG, @sha256:DIGEST, or both".into()),
+                    );
+                    PluginSource::File(PathBuf::new())
+                }
+            }
+        } else {
+            if step.pull.is_some() {
+                self.problem(
+                    raw,
+                    "`pull` applies to oci:// plugins only",
+                    Some("a file plugin is read where it is; remove `pull`".into()),
+                );
+            }
+            PluginSource::File(self.plugin_file(raw, &text))
         };
-        let path = self.base_dir.join(&text);
+        PluginRef {
+            source,
+            sha256,
+            pull: step.pull.unwrap_or_default(),
+        }
+    }
+
+    fn plugin_file(&mut self, raw: &Spanned<String>, text: &str) -> PathBuf {
+        if text.is_empty() {
+            return PathBuf::new();
+        }
+        let path = self.base_dir.join(text);
         match std::fs::metadata(&path) {
             Ok(m) if m.is_file() => {}
             Ok(_) => self.problem(

@@ -26,6 +26,11 @@ pub struct RawPipeline {
     /// Example: `[state]` then `dir = "/run/lifehook"`
     #[serde(default)]
     pub state: RawState,
+    /// Settings for plugins from OCI registries.
+    ///
+    /// Example: `[oci]` then `insecure-registries = ["127.0.0.1:5000"]`
+    #[serde(default)]
+    pub oci: RawOci,
     /// The steps run before the container stops.
     ///
     /// Example: `[pre-stop]` then `deadline = "20s"`
@@ -34,6 +39,18 @@ pub struct RawPipeline {
     ///
     /// Example: `[post-start]` then `deadline = "30s"`
     pub post_start: Option<Spanned<RawPhase>>,
+}
+
+/// The `[oci]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawOci {
+    /// Registries reached over plain HTTP (`host:port`); every other one
+    /// over HTTPS only.
+    ///
+    /// Example: `insecure-registries = ["127.0.0.1:5000"]`
+    #[serde(default)]
+    pub insecure_registries: Vec<Spanned<String>>,
 }
 
 /// The `[state]` table.
@@ -160,10 +177,20 @@ pub struct RawStep {
     ///
     /// Example: `name = "notify-shutdown"`
     pub name: Option<Spanned<String>>,
-    /// The plugin component, relative to the pipeline file.
+    /// The plugin component: a file, relative to the pipeline file, or an
+    /// OCI reference `oci://REGISTRY/REPOSITORY:TAG` / `@sha256:DIGEST`.
     ///
     /// Example: `plugin = "plugins/notify_shutdown.wasm"`
     pub plugin: Option<Spanned<String>>,
+    /// The SHA-256 the plugin's bytes must have; other content is refused.
+    ///
+    /// Example: `sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"`
+    pub sha256: Option<Spanned<String>>,
+    /// When an OCI plugin is pulled: `if-not-present` (default), `always`,
+    /// `never`.
+    ///
+    /// Example: `pull = "always"`
+    pub pull: Option<crate::source::PullPolicy>,
     /// A built-in wait instead of a plugin: the step sleeps this long
     /// (cut by the phase deadline like any step).
     ///

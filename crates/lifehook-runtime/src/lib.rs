@@ -22,7 +22,8 @@
 //! # async fn demo() -> anyhow::Result<()> {
 //! let pipeline = lifehook_manifest::load("lifehook.toml".as_ref(), None)?;
 //! let phase = pipeline.phase(lifehook_manifest::PhaseName::PreStop).unwrap();
-//! let runner = lifehook_runtime::Runner::new(lifehook_runtime::Runtime::new()?, None);
+//! //! let sources = lifehook_runtime::sources::Sources::default();
+//! let runner = lifehook_runtime::Runner::new(lifehook_runtime::Runtime::new()?, None, sources);
 //! let report = runner.run(&pipeline.path, phase, &Default::default()).await;
 //! println!("{}", report.to_json());
 //! # Ok(()) }
@@ -39,10 +40,13 @@ mod fs_gate;
 mod http_gate;
 mod limiter;
 mod loader;
+#[cfg(feature = "oci")]
+pub mod oci;
 mod plugin;
 mod report;
 mod runner;
 mod scheduler;
+pub mod sources;
 mod state;
 mod step;
 

@@ -1,45 +1,58 @@
 //! The plugins a [`Runner`](crate::Runner) has loaded or is loading, each
-//! once per runner whatever the number of runs: a slot per plugin file that
-//! every step using it waits on.
+//! once per runner whatever the number of runs: a slot per plugin that every
+//! step using it waits on.
 //!
-//! Loads start on blocking threads all at once, so a later step's compile
-//! overlaps earlier steps' runs and concurrent steps never wait for each
-//! other's compilation. The first plugin of a run, which the run waits for
-//! anyway, is loaded on the calling thread when it has a usable artifact:
-//! that takes milliseconds (no compiling) and saves a thread hand-off, a tenth
-//! of a one-step run.
+//! Loads start in the background all at once, so a later step's pull or
+//! compile overlaps earlier steps' runs and concurrent steps never wait for
+//! each other. A pull (an OCI plugin missing from the cache) and a compile
+//! both count against the waiting step's first attempt. The first plugin of
+//! a run, which the run waits for anyway, is loaded on the calling thread
+//! when it is a file with a usable artifact: that takes milliseconds (no
+//! compiling) and saves a thread hand-off, a tenth of a one-step run.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use lifehook_manifest::PluginRef;
 use tokio::sync::watch;
 
 use crate::cache::ArtifactCache;
 use crate::engine::Runtime;
 use crate::plugin::{LoadError, Plugin};
+use crate::sources::Sources;
 
 /// A loaded plugin, or why it cannot be used (shared by every step using it).
 pub type LoadResult = Result<Arc<Plugin>, Arc<LoadError>>;
 
 type Slot = watch::Receiver<Option<LoadResult>>;
 
-/// Plugin slots by file.
+/// Plugin slots by plugin (its file, or its OCI reference).
 pub(crate) struct Loader {
     rt: Runtime,
     cache: Option<ArtifactCache>,
-    slots: Mutex<HashMap<PathBuf, Slot>>,
+    sources: Sources,
+    slots: Mutex<HashMap<String, Slot>>,
 }
 
 fn shared(loaded: Result<Plugin, LoadError>) -> LoadResult {
     loaded.map(Arc::new).map_err(Arc::new)
 }
 
+/// Loads a local plugin file from its artifact or by compiling.
+fn load_file(rt: &Runtime, cache: Option<&ArtifactCache>, path: &Path) -> LoadResult {
+    shared(match cache {
+        Some(cache) => cache.load(rt, path),
+        None => Plugin::load(rt, path),
+    })
+}
+
 impl Loader {
-    pub(crate) fn new(rt: Runtime, cache: Option<ArtifactCache>) -> Loader {
+    pub(crate) fn new(rt: Runtime, cache: Option<ArtifactCache>, sources: Sources) -> Loader {
         Loader {
             rt,
             cache,
+            sources,
             slots: Mutex::new(HashMap::new()),
         }
     }
@@ -48,70 +61,76 @@ impl Loader {
         &self.rt
     }
 
-    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Slot>> {
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
         self.slots.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Loads `path` now, on this thread: from its artifact or by compiling.
-    fn load_blocking(&self, path: &Path) -> LoadResult {
-        shared(match &self.cache {
-            Some(cache) => cache.load(&self.rt, path),
-            None => Plugin::load(&self.rt, path),
-        })
-    }
-
-    /// Starts loading every plugin in `paths` that has no slot yet. Call
+    /// Starts loading every plugin in `plugins` that has no slot yet. Call
     /// from within a tokio runtime.
-    pub(crate) fn start(&self, paths: &[&Path]) {
-        let missing: Vec<&Path> = {
+    pub(crate) fn start(&self, plugins: &[&PluginRef]) {
+        let missing: Vec<&PluginRef> = {
             let slots = self.slots();
-            let mut missing: Vec<&Path> = Vec::new();
-            for &p in paths {
-                if !slots.contains_key(p) && !missing.contains(&p) {
+            let mut missing: Vec<&PluginRef> = Vec::new();
+            for &p in plugins {
+                if !slots.contains_key(&p.to_string()) && !missing.contains(&p) {
                     missing.push(p);
                 }
             }
             missing
         };
-        for path in missing.iter().skip(1) {
-            self.insert(path, self.load_in_background(path));
-        }
-        if let Some(first) = missing.first() {
-            let inline = self
-                .cache
-                .as_ref()
-                .and_then(|c| c.try_precompiled(&self.rt, first));
+        for (i, plugin) in missing.iter().enumerate() {
+            let inline = match (i, plugin.file(), &plugin.sha256, &self.cache) {
+                (0, Some(path), None, Some(cache)) => cache.try_precompiled(&self.rt, path),
+                _ => None,
+            };
             let slot = match inline {
                 Some(loaded) => watch::channel(Some(shared(loaded))).1,
-                None => self.load_in_background(first),
+                None => self.load_in_background(plugin),
             };
-            self.insert(first, slot);
+            self.insert(plugin, slot);
         }
     }
 
-    /// Keeps the first slot made for `path` (another run may have raced us).
-    fn insert(&self, path: &Path, slot: Slot) {
-        self.slots().entry(path.to_path_buf()).or_insert(slot);
+    /// Keeps the first slot made for `plugin` (another run may have raced us).
+    fn insert(&self, plugin: &PluginRef, slot: Slot) {
+        self.slots().entry(plugin.to_string()).or_insert(slot);
     }
 
-    fn load_in_background(&self, path: &Path) -> Slot {
+    /// Resolves the plugin to a file (pulling it if need be), then loads it
+    /// on a blocking thread.
+    fn load_in_background(&self, plugin: &PluginRef) -> Slot {
         let (tx, rx) = watch::channel(None);
-        let (rt, cache, path) = (self.rt.clone(), self.cache.clone(), path.to_path_buf());
-        tokio::task::spawn_blocking(move || {
-            let loaded = match &cache {
-                Some(cache) => cache.load(&rt, &path),
-                None => Plugin::load(&rt, &path),
+        let (rt, cache, sources, plugin) = (
+            self.rt.clone(),
+            self.cache.clone(),
+            self.sources.clone(),
+            plugin.clone(),
+        );
+        tokio::spawn(async move {
+            let result = match sources.local(&plugin).await {
+                Err(e) => Err(Arc::new(LoadError::Source(e))),
+                Ok(path) => {
+                    tokio::task::spawn_blocking(move || load_file(&rt, cache.as_ref(), &path))
+                        .await
+                        .unwrap_or_else(|e| {
+                            Err(Arc::new(LoadError::Internal {
+                                path: plugin.to_string().into(),
+                                message: format!("its loading thread failed: {e}"),
+                            }))
+                        })
+                }
             };
-            let _ = tx.send(Some(shared(loaded)));
+            let _ = tx.send(Some(result));
         });
         rx
     }
 
-    /// Loads every plugin in `paths` now, in parallel, and keeps them for
-    /// later runs: for `check`, `run --dry-run` and a server's start-up.
-    pub(crate) fn load_all(&self, paths: &[&Path]) -> Vec<(PathBuf, LoadResult)> {
-        let results: Vec<(PathBuf, LoadResult)> = std::thread::scope(|scope| {
-            let handles: Vec<_> = paths
+    /// Loads every plugin in `plugins` now, in parallel, and keeps them for
+    /// later runs: for `check`, `run --dry-run` and a server's start-up. Call
+    /// outside any tokio runtime (pulls get one of their own).
+    pub(crate) fn load_all(&self, plugins: &[&PluginRef]) -> Vec<(PluginRef, LoadResult)> {
+        let results: Vec<(PluginRef, LoadResult)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = plugins
                 .iter()
                 .map(|&p| {
                     (
@@ -125,45 +144,60 @@ impl Loader {
                 .map(|(p, h)| {
                     let result = h.join().unwrap_or_else(|_| {
                         Err(Arc::new(LoadError::Internal {
-                            path: p.to_path_buf(),
+                            path: p.to_string().into(),
                             message: "the loading thread panicked".into(),
                         }))
                     });
-                    (p.to_path_buf(), result)
+                    (p.clone(), result)
                 })
                 .collect()
         });
-        for (path, result) in &results {
-            self.insert(path, watch::channel(Some(result.clone())).1);
+        for (plugin, result) in &results {
+            self.insert(plugin, watch::channel(Some(result.clone())).1);
         }
         results
     }
 
-    /// The result for `path` if it is already loaded.
-    fn ready(&self, path: &Path) -> Option<LoadResult> {
-        self.slots().get(path).and_then(|rx| rx.borrow().clone())
+    /// Resolves and loads `plugin` on this thread.
+    fn load_blocking(&self, plugin: &PluginRef) -> LoadResult {
+        let local = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| {
+                Arc::new(LoadError::Internal {
+                    path: plugin.to_string().into(),
+                    message: format!("cannot start an I/O runtime: {e}"),
+                })
+            })?
+            .block_on(self.sources.local(plugin))
+            .map_err(|e| Arc::new(LoadError::Source(e)))?;
+        load_file(&self.rt, self.cache.as_ref(), &local)
     }
 
-    /// Waits for `path`'s load to end.
-    pub(crate) async fn get(&self, path: &Path) -> LoadResult {
-        let slot = self.slots().get(path).cloned();
+    /// The result for `plugin` if it is already loaded.
+    fn ready(&self, plugin: &PluginRef) -> Option<LoadResult> {
+        self.slots()
+            .get(&plugin.to_string())
+            .and_then(|rx| rx.borrow().clone())
+    }
+
+    /// Waits for `plugin`'s load to end.
+    pub(crate) async fn get(&self, plugin: &PluginRef) -> LoadResult {
+        let slot = self.slots().get(&plugin.to_string()).cloned();
+        let internal = |message: &str| {
+            Arc::new(LoadError::Internal {
+                path: plugin.to_string().into(),
+                message: message.to_owned(),
+            })
+        };
         let Some(mut rx) = slot else {
-            return Err(Arc::new(LoadError::Internal {
-                path: path.to_path_buf(),
-                message: "it was not scheduled for loading".into(),
-            }));
+            return Err(internal("it was not scheduled for loading"));
         };
         match rx.wait_for(Option::is_some).await {
-            Ok(value) => value.clone().unwrap_or_else(|| {
-                Err(Arc::new(LoadError::Internal {
-                    path: path.to_path_buf(),
-                    message: "its load vanished".into(),
-                }))
-            }),
-            Err(_) => Err(Arc::new(LoadError::Internal {
-                path: path.to_path_buf(),
-                message: "its loading thread stopped unexpectedly".into(),
-            })),
+            Ok(value) => value
+                .clone()
+                .unwrap_or_else(|| Err(internal("its load vanished"))),
+            Err(_) => Err(internal("its loading thread stopped unexpectedly")),
         }
     }
 }

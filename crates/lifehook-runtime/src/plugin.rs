@@ -125,6 +125,10 @@ pub enum LoadError {
         /// wasmtime's reason.
         message: String,
     },
+    /// The plugin's bytes could not be had: not pinned, not pulled, or
+    /// other content than its `sha256` pin.
+    #[error(transparent)]
+    Source(#[from] crate::sources::SourceError),
     /// Loading stopped for a reason of lifehook's own (a thread that died).
     #[error("plugin {path} could not be loaded: {message}")]
     Internal {

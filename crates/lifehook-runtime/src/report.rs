@@ -78,8 +78,8 @@ impl fmt::Display for Outcome {
 pub struct StepReport {
     /// The step's name.
     pub name: String,
-    /// The plugin file (none for a `sleep` step).
-    pub plugin: Option<PathBuf>,
+    /// The plugin, a file or an OCI reference (none for a `sleep` step).
+    pub plugin: Option<String>,
     /// Hook component or command, once loaded.
     pub kind: Option<PluginKind>,
     /// Whether the plugin was compiled now or loaded precompiled.

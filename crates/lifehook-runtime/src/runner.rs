@@ -12,11 +12,11 @@
 //! its report on time whatever the plugins do.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lifehook_manifest::{Phase, Step};
+use lifehook_manifest::{Phase, PluginRef, Step};
 use lifehook_units::format_duration;
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::Instrument as _;
@@ -26,6 +26,7 @@ use crate::engine::Runtime;
 use crate::loader::{LoadResult, Loader};
 use crate::report::{Outcome, PhaseReport, PhaseStatus, StepReport};
 use crate::scheduler::{Decision, Schedule, SkipReason};
+use crate::sources::Sources;
 use crate::step::{self, Limit};
 
 /// Which steps of the phase one run runs. A step runs when it passes every
@@ -96,9 +97,9 @@ const GUARD: Duration = Duration::from_millis(50);
 impl Runner {
     /// A runner on `rt`, loading precompiled plugins from `cache` when it
     /// has them.
-    pub fn new(rt: Runtime, cache: Option<ArtifactCache>) -> Runner {
+    pub fn new(rt: Runtime, cache: Option<ArtifactCache>, sources: Sources) -> Runner {
         Runner {
-            loader: Arc::new(Loader::new(rt, cache)),
+            loader: Arc::new(Loader::new(rt, cache, sources)),
         }
     }
 
@@ -107,9 +108,10 @@ impl Runner {
         self.loader.runtime()
     }
 
-    /// Loads `plugins` now, in parallel, blocking: for checks and for a
-    /// server's start-up. They stay loaded for every later run.
-    pub fn load_all(&self, plugins: &[&Path]) -> Vec<(PathBuf, LoadResult)> {
+    /// Loads `plugins` now, in parallel, blocking (pulling those that need
+    /// it): for checks and for a server's start-up. They stay loaded for
+    /// every later run. Call outside any tokio runtime.
+    pub fn load_all(&self, plugins: &[&PluginRef]) -> Vec<(PluginRef, LoadResult)> {
         self.loader.load_all(plugins)
     }
 
@@ -131,7 +133,7 @@ impl Runner {
         // lifehook keeps for itself (its log file, the report, markers).
         let max_open = descriptor_budget() / phase.max_concurrency.max(1);
         let mut schedule = Schedule::new(phase, |i| selection.excludes(&phase.steps[i]));
-        let plugins: Vec<&Path> = phase
+        let plugins: Vec<&PluginRef> = phase
             .steps
             .iter()
             .filter(|s| selection.excludes(s).is_none())
@@ -320,7 +322,7 @@ mod tests {
     fn one_runner_runs_a_phase_many_times_without_loading_again() {
         let (_dir, pipeline) = phase();
         let phase = &pipeline.phases[0];
-        let runner = Runner::new(Runtime::new().expect("engine"), None);
+        let runner = Runner::new(Runtime::new().expect("engine"), None, Sources::default());
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -2,10 +2,9 @@
 //! backoff between them, all within the step's share of the phase deadline;
 //! or, for a `sleep` step, the wait itself.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use lifehook_manifest::{PhaseName, Step};
+use lifehook_manifest::{PhaseName, PluginRef, Step};
 use lifehook_units::format_duration;
 
 use crate::attempt;
@@ -48,7 +47,7 @@ impl Limit {
 pub(crate) fn not_run(step: &Step, outcome: Outcome, message: String) -> StepReport {
     StepReport {
         name: step.name.clone(),
-        plugin: step.plugin().map(Path::to_path_buf),
+        plugin: step.plugin().map(ToString::to_string),
         kind: None,
         code: None,
         load_time: None,
@@ -108,7 +107,7 @@ async fn run_plugin(
     loader: &Loader,
     phase: PhaseName,
     step: &Step,
-    plugin_path: &Path,
+    plugin_ref: &PluginRef,
     limit: Limit,
 ) -> StepReport {
     let started = Instant::now();
@@ -125,7 +124,7 @@ async fn run_plugin(
 
     // Loading counts against the first attempt's time.
     let first_deadline = (started + step.limits.timeout).min(limit.until);
-    let plugin = match tokio::time::timeout_at(first_deadline.into(), loader.get(plugin_path)).await
+    let plugin = match tokio::time::timeout_at(first_deadline.into(), loader.get(plugin_ref)).await
     {
         Ok(Ok(plugin)) => plugin,
         Ok(Err(e)) => {
@@ -137,8 +136,13 @@ async fn run_plugin(
             report.outcome = Outcome::TimedOut;
             report.cut_by_deadline = first_deadline == limit.until;
             report.message = format!(
-                "plugin {} was still compiling after {}: precompile it with `lifehook compile`",
-                plugin_path.display(),
+                "plugin {} was still {} after {}: precompile it with `lifehook compile`",
+                plugin_ref,
+                if plugin_ref.file().is_some() {
+                    "compiling"
+                } else {
+                    "being pulled or compiled"
+                },
                 format_duration(started.elapsed())
             );
             report.duration = started.elapsed();
@@ -150,7 +154,7 @@ async fn run_plugin(
     report.load_time = Some(plugin.load_time);
     tracing::debug!(
         "plugin {} ready ({:?}, {:?}); step started {:?} ago",
-        plugin_path.display(),
+        plugin_ref,
         plugin.source,
         plugin.load_time,
         started.elapsed()

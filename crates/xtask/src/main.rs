@@ -160,6 +160,7 @@ fn test(extra: &[String]) -> anyhow::Result<u8> {
         ("podman", "podman"),
         ("runc", "runc"),
         ("musl-gcc", "musl-tools"),
+        ("docker-registry", "docker-registry"),
     ])?;
     // The test suite builds the plugins itself (tests/artifacts/build.rs)
     // and starts its own servers on free loopback ports.

@@ -6,6 +6,7 @@
 pub mod etcd;
 pub mod http;
 pub mod redis;
+pub mod registry;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

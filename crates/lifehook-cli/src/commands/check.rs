@@ -8,7 +8,7 @@ use lifehook_manifest::Severity;
 use lifehook_runtime::Selection;
 
 use super::common::{describe_phase, load_plugins, print_out, print_problems};
-use super::{CacheArgs, PhaseArg, PipelineArgs};
+use super::{CacheArgs, PhaseArg, PipelineArgs, RegistryArgs};
 use crate::render::{EXIT_INVALID, EXIT_OK};
 
 /// Check the pipeline file, that every plugin loads and has the right
@@ -27,6 +27,9 @@ pub struct Check {
     #[command(flatten)]
     cache: CacheArgs,
 
+    #[command(flatten)]
+    registries: RegistryArgs,
+
     /// Check only this phase (both by default).
     #[arg(long, value_enum)]
     phase: Option<PhaseArg>,
@@ -42,7 +45,7 @@ pub struct Check {
 impl Check {
     pub fn execute(self) -> anyhow::Result<i32> {
         let pipeline = lifehook_manifest::load(&self.pipeline.file, self.phase.map(Into::into))?;
-        let runner = self.cache.runner(&pipeline.path)?;
+        let runner = self.cache.runner(&pipeline, &self.registries)?;
         let (kinds, mut problems) =
             load_plugins(&runner, pipeline.phases.iter().flat_map(|p| &p.steps));
         let mut out = String::new();

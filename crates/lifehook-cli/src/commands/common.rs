@@ -4,22 +4,22 @@
 
 use std::collections::HashMap;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
 
 use lifehook_manifest::budget;
-use lifehook_manifest::{Access, OnFailure, Phase, Step};
+use lifehook_manifest::{Access, OnFailure, Phase, PluginRef, Step};
 use lifehook_runtime::{PluginKind, Runner, Selection};
 use lifehook_units::{format_duration, format_size};
 
-/// What loading each plugin file came to: its kind, or the error text.
-pub type Kinds = HashMap<PathBuf, Result<PluginKind, String>>;
+/// What loading each plugin came to (by its file or reference): its kind,
+/// or the error text.
+pub type Kinds = HashMap<String, Result<PluginKind, String>>;
 
-/// The distinct plugin files of `steps`, in pipeline order.
-pub fn distinct_plugins<'a>(steps: impl Iterator<Item = &'a Step>) -> Vec<PathBuf> {
-    let mut seen: Vec<PathBuf> = Vec::new();
+/// The distinct plugins of `steps`, in pipeline order.
+pub fn distinct_plugins<'a>(steps: impl Iterator<Item = &'a Step>) -> Vec<PluginRef> {
+    let mut seen: Vec<PluginRef> = Vec::new();
     for p in steps.filter_map(Step::plugin) {
-        if !seen.iter().any(|s| s == p) {
-            seen.push(p.to_path_buf());
+        if !seen.contains(p) {
+            seen.push(p.clone());
         }
     }
     seen
@@ -32,17 +32,17 @@ pub fn load_plugins<'a>(
     steps: impl Iterator<Item = &'a Step>,
 ) -> (Kinds, Vec<String>) {
     let plugins = distinct_plugins(steps);
-    let paths: Vec<&Path> = plugins.iter().map(PathBuf::as_path).collect();
+    let refs: Vec<&PluginRef> = plugins.iter().collect();
     let mut kinds = Kinds::new();
     let mut problems = Vec::new();
-    for (path, loaded) in runner.load_all(&paths) {
+    for (plugin, loaded) in runner.load_all(&refs) {
         match loaded {
             Ok(p) => {
-                kinds.insert(path, Ok(p.kind));
+                kinds.insert(plugin.to_string(), Ok(p.kind));
             }
             Err(e) => {
                 problems.push(format!("error: {e}"));
-                kinds.insert(path, Err(e.to_string()));
+                kinds.insert(plugin.to_string(), Err(e.to_string()));
             }
         }
     }
@@ -106,15 +106,14 @@ fn describe_step(step: &Step, kinds: &Kinds) -> String {
     let mut what = match step.plugin() {
         None => format!("(sleep {})", format_duration(step.limits.timeout)),
         Some(plugin) => {
-            let kind = match kinds.get(plugin) {
+            let kind = match kinds.get(&plugin.to_string()) {
                 Some(Ok(PluginKind::Hook)) => "hook",
                 Some(Ok(PluginKind::Command)) => "command",
                 Some(Err(_)) => "unloadable",
                 None => "not loaded",
             };
             format!(
-                "({kind} {}): timeout {}, fuel {}, memory {}, attempts {}",
-                plugin.display(),
+                "({kind} {plugin}): timeout {}, fuel {}, memory {}, attempts {}",
                 format_duration(step.limits.timeout),
                 step.limits.fuel,
                 format_size(step.limits.memory),

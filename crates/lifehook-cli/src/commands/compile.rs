@@ -1,11 +1,17 @@
-//! `lifehook compile`: precompiles the pipeline's plugins.
+//! `lifehook compile`: pulls the pipeline's OCI plugins (recording what
+//! their tags resolved to in the lock file) and precompiles every plugin.
 
 use clap::Args;
 
-use super::{CacheArgs, PhaseArg, PipelineArgs};
+use super::{CacheArgs, PhaseArg, PipelineArgs, RegistryArgs};
 
 /// Precompile every plugin the pipeline names, so `run` loads machine code
-/// instead of compiling (do it once, when building the image).
+/// instead of compiling (do it once, when building the image). OCI plugins
+/// are pulled into the cache first, and the digest each tag resolves to is
+/// recorded in `lifehook.lock` next to the pipeline (a tag already there
+/// keeps its digest unless --update), which `run` honours:
+/// an image (or an init container writing to a shared volume) then carries
+/// everything, and `run` needs no network.
 ///
 /// Artifacts are made for baseline x86-64, so they load on nodes with any
 /// x86-64 CPU; `run` ignores, with a warning, any artifact that does not match
@@ -25,9 +31,18 @@ pub struct Compile {
     #[command(flatten)]
     cache: CacheArgs,
 
+    #[command(flatten)]
+    registries: RegistryArgs,
+
     /// Compile only the plugins of this phase (both by default).
     #[arg(long, value_enum)]
     phase: Option<PhaseArg>,
+
+    /// Resolve every tag again and update `lifehook.lock` (by default a tag
+    /// already in the lock keeps its digest, so rebuilding an image is
+    /// reproducible).
+    #[arg(long)]
+    update: bool,
 }
 
 impl Compile {
@@ -35,30 +50,78 @@ impl Compile {
     pub fn execute(self) -> anyhow::Result<i32> {
         use super::common::{distinct_plugins, print_out, print_problems};
         use anyhow::Context as _;
+        use lifehook_manifest::{PluginRef, PluginSource, PullPolicy};
         use lifehook_runtime::Runtime;
+        use std::path::PathBuf;
 
         let pipeline = lifehook_manifest::load(&self.pipeline.file, self.phase.map(Into::into))?;
         let cache = self.cache.cache(&pipeline.path);
-        let compiler = Runtime::for_precompiling().context("cannot start the compiler")?;
+        let mut sources = self.registries.sources(&pipeline, &cache)?;
         let plugins = distinct_plugins(pipeline.phases.iter().flat_map(|p| &p.steps));
+        let mut out = format!("compiled into {}\n", cache.dir().display());
+        let mut problems = Vec::new();
+        // OCI plugins first: a tag resolved now is pinned in the lock file.
+        let io = super::common::tokio_runtime()?;
+        let mut files: Vec<(PluginRef, PathBuf)> = Vec::new();
+        for plugin in &plugins {
+            let local = match &plugin.source {
+                PluginSource::File(path) => Ok(path.clone()),
+                PluginSource::Oci(r) => {
+                    let locked = sources.lock.get(r).map(str::to_owned);
+                    let tag_to_resolve = r.digest.is_none() && (self.update || locked.is_none());
+                    if tag_to_resolve || plugin.pull == PullPolicy::Always {
+                        io.block_on(sources.pull(r)).map(|(digest, path)| {
+                            out += &format!("  pulled  {r} -> {digest}\n");
+                            if r.digest.is_none() {
+                                sources.lock.set(r, &digest);
+                            }
+                            path
+                        })
+                    } else {
+                        if let (None, Some(digest)) = (&r.digest, &locked) {
+                            out += &format!(
+                                "  locked  {r} -> {digest} (--update to resolve the tag again)\n"
+                            );
+                        }
+                        // Pulled here if missing, whatever the run-time policy.
+                        let here = PluginRef {
+                            pull: PullPolicy::IfNotPresent,
+                            ..plugin.clone()
+                        };
+                        io.block_on(sources.local(&here))
+                    }
+                }
+            };
+            let checked = local.and_then(|path| match &plugin.sha256 {
+                Some(pin) => {
+                    lifehook_runtime::sources::verify_sha256(&path, pin, &plugin.to_string())
+                        .map(|()| path)
+                }
+                None => Ok(path),
+            });
+            match checked {
+                Ok(path) => files.push((plugin.clone(), path)),
+                Err(e) => problems.push(format!("error: {e}")),
+            }
+        }
+        drop(io);
+        sources.lock.save()?;
+        let compiler = Runtime::for_precompiling().context("cannot start the compiler")?;
         // Plugins compile in parallel; Cranelift also spreads each one's
         // functions over the cores.
         let results: Vec<_> = std::thread::scope(|scope| {
-            let handles: Vec<_> = plugins
+            let handles: Vec<_> = files
                 .iter()
-                .map(|plugin| scope.spawn(|| cache.compile(&compiler, plugin)))
+                .map(|(plugin, path)| (plugin, scope.spawn(|| cache.compile(&compiler, path))))
                 .collect();
-            handles.into_iter().map(|h| h.join()).collect()
+            handles.into_iter().map(|(p, h)| (p, h.join())).collect()
         });
-        let mut out = format!("compiled into {}\n", cache.dir().display());
-        let mut problems = Vec::new();
-        for result in results {
+        for (plugin, result) in results {
             match result {
                 Ok(Ok(c)) => {
                     out += &format!(
-                        "  {:<7} {}  {} KiB -> {} KiB in {}\n",
+                        "  {:<7} {plugin}  {} KiB -> {} KiB in {}\n",
                         format!("{:?}", c.kind).to_lowercase(),
-                        c.plugin.display(),
                         c.plugin_size.div_ceil(1024),
                         c.artifact_size.div_ceil(1024),
                         lifehook_units::format_duration(c.took),
@@ -79,7 +142,13 @@ impl Compile {
 
     #[cfg(not(feature = "compiler"))]
     pub fn execute(self) -> anyhow::Result<i32> {
-        let _ = (&self.pipeline, &self.cache, self.phase);
+        let _ = (
+            &self.pipeline,
+            &self.cache,
+            &self.registries,
+            self.phase,
+            self.update,
+        );
         anyhow::bail!(
             "this lifehook was built without a compiler (runtime-only); run `lifehook compile` with a full build of the same version"
         )

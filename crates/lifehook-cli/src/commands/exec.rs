@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use super::common::tokio_runtime;
 use super::run::parse_duration;
-use super::{CacheArgs, PipelineArgs};
+use super::{CacheArgs, PipelineArgs, RegistryArgs};
 use crate::render;
 use crate::supervisor::{App, Ended, become_subreaper, signal_name};
 
@@ -51,6 +51,9 @@ pub struct Exec {
     #[command(flatten)]
     cache: CacheArgs,
 
+    #[command(flatten)]
+    registries: RegistryArgs,
+
     /// Time from the stop signal to SIGKILL, like the pod's
     /// terminationGracePeriodSeconds. Pre-stop gets at most this; the
     /// application then gets what is left, and at least 2s.
@@ -73,7 +76,7 @@ const MIN_DRAIN: Duration = Duration::from_secs(2);
 impl Exec {
     pub fn execute(self) -> anyhow::Result<i32> {
         let pipeline = lifehook_manifest::load(&self.pipeline.file, None)?;
-        let runner = self.cache.runner(&pipeline.path)?;
+        let runner = self.cache.runner(&pipeline, &self.registries)?;
         let runtime = tokio_runtime()?;
         let code = runtime.block_on(self.supervise(&pipeline, runner))?;
         runtime.shutdown_background();

@@ -40,20 +40,20 @@ const WASI_PATCH: u64 = 12;
 
 /// What `inspect` found.
 #[derive(Debug, Serialize)]
-struct Report {
+pub(super) struct Report {
     plugin: PathBuf,
     size: u64,
     /// `hook` or `command`.
     kind: &'static str,
     /// The `lifehook:hook` version it was built against, if it imports it.
     contract: Option<String>,
-    imports: Vec<Import>,
-    exports: Vec<String>,
+    pub(super) imports: Vec<Import>,
+    pub(super) exports: Vec<String>,
     /// The `allow` keys whose grants it could use.
     grants: Vec<&'static str>,
     /// Empty when this lifehook can run it.
-    problems: Vec<String>,
-    runnable: bool,
+    pub(super) problems: Vec<String>,
+    pub(super) runnable: bool,
     /// The precompiled artifact in the cache, if any.
     artifact: Option<PathBuf>,
     /// The component's world, as WIT.
@@ -61,8 +61,8 @@ struct Report {
 }
 
 #[derive(Debug, Serialize)]
-struct Import {
-    name: String,
+pub(super) struct Import {
+    pub(super) name: String,
     /// The grant that opens it, when it needs one.
     grant: Option<&'static str>,
 }
@@ -83,6 +83,13 @@ impl Inspect {
 }
 
 fn inspect(path: &Path, bytes: &[u8], cache: &CacheArgs) -> Result<Report, UsageError> {
+    let mut report = describe(path, bytes)?;
+    report.artifact = cache.cache(path).artifact_of(path).ok().flatten();
+    Ok(report)
+}
+
+/// What the component at `path` is, from its bytes alone.
+pub(super) fn describe(path: &Path, bytes: &[u8]) -> Result<Report, UsageError> {
     let shown = path.display();
     if !Parser::is_component(bytes) {
         return Err(UsageError(if Parser::is_core_wasm(bytes) {
@@ -125,7 +132,6 @@ fn inspect(path: &Path, bytes: &[u8], cache: &CacheArgs) -> Result<Report, Usage
     let mut grants: Vec<&'static str> = imports.iter().filter_map(|i| grant_of(i)).collect();
     grants.sort_unstable();
     grants.dedup();
-    let artifact = cache.cache(path).artifact_of(path).ok().flatten();
     let wit = wit_of(bytes);
     Ok(Report {
         plugin: path.to_path_buf(),
@@ -143,7 +149,7 @@ fn inspect(path: &Path, bytes: &[u8], cache: &CacheArgs) -> Result<Report, Usage
         exports,
         grants,
         problems,
-        artifact,
+        artifact: None,
         wit,
     })
 }
@@ -260,6 +266,18 @@ fn wit_of(bytes: &[u8]) -> Option<String> {
     let mut printer = wit_component::WitPrinter::default();
     printer.print(resolve, package, &[]).ok()?;
     Some(printer.output.to_string())
+}
+
+impl Report {
+    /// The world it targets: `lifehook:hook/hook@VERSION` or
+    /// `wasi:cli/command@0.2.0`.
+    #[cfg(feature = "oci")]
+    pub(super) fn target(&self) -> String {
+        match (&self.contract, self.kind) {
+            (Some(contract), "hook") => contract.replacen('@', "/hook@", 1),
+            _ => "wasi:cli/command@0.2.0".to_owned(),
+        }
+    }
 }
 
 fn text(r: &Report) -> String {

@@ -6,6 +6,7 @@ mod compile;
 mod exec;
 mod inspect;
 mod new;
+mod push;
 pub mod run;
 pub mod serve;
 
@@ -13,6 +14,8 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use lifehook_manifest::PhaseName;
+use lifehook_manifest::Pipeline;
+use lifehook_runtime::sources::{Lock, Registries, Sources};
 use lifehook_runtime::{ArtifactCache, Runner, Runtime};
 
 use crate::logging::LogArgs;
@@ -48,6 +51,7 @@ pub enum Command {
     Compile(compile::Compile),
     Inspect(inspect::Inspect),
     New(new::New),
+    Push(push::Push),
 }
 
 impl Command {
@@ -61,6 +65,7 @@ impl Command {
             Command::Compile(c) => c.execute(),
             Command::Inspect(c) => c.execute(),
             Command::New(c) => c.execute(),
+            Command::Push(c) => c.execute(),
         }
     }
 }
@@ -87,13 +92,40 @@ pub struct CacheArgs {
     pub cache: Option<PathBuf>,
 }
 
+/// Registries reached over plain HTTP, on top of the pipeline's own
+/// `[oci] insecure-registries`.
+#[derive(Debug, Args, Default)]
+pub struct RegistryArgs {
+    /// A registry (`host:port`) to reach over plain HTTP instead of HTTPS
+    /// (repeat for several). Never the default.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    pub insecure: Vec<String>,
+}
+
+impl RegistryArgs {
+    /// Where plugins of `pipeline` come from: files, and OCI plugins in
+    /// `cache` pinned by the pipeline's lock file.
+    pub fn sources(&self, pipeline: &Pipeline, cache: &ArtifactCache) -> anyhow::Result<Sources> {
+        let lock = Lock::for_pipeline(&pipeline.path)?;
+        let mut insecure = pipeline.insecure_registries.clone();
+        insecure.extend(self.insecure.iter().map(|r| r.to_ascii_lowercase()));
+        Ok(Sources::new(
+            Some(cache.dir().to_path_buf()),
+            lock,
+            Registries { insecure },
+        ))
+    }
+}
+
 impl CacheArgs {
     /// A runner with a fresh engine, loading precompiled plugins from the
-    /// cache for the pipeline at `pipeline`.
-    pub fn runner(&self, pipeline: &Path) -> anyhow::Result<Runner> {
+    /// cache for `pipeline`, and OCI plugins through `registries`.
+    pub fn runner(&self, pipeline: &Pipeline, registries: &RegistryArgs) -> anyhow::Result<Runner> {
         use anyhow::Context as _;
+        let cache = self.cache(&pipeline.path);
+        let sources = registries.sources(pipeline, &cache)?;
         let rt = Runtime::new().context("cannot start the WebAssembly engine")?;
-        Ok(Runner::new(rt, Some(self.cache(pipeline))))
+        Ok(Runner::new(rt, Some(cache), sources))
     }
 
     /// The cache for the pipeline at `pipeline`.

@@ -7,7 +7,7 @@ use lifehook_manifest::{Phase, PhaseName, Pipeline};
 use lifehook_runtime::{RunOptions, Runner, Selection};
 
 use super::common::{describe_phase, load_plugins, print_out, print_problems, tokio_runtime};
-use super::{CacheArgs, PhaseArg, PipelineArgs, ReportFormat, UsageError};
+use super::{CacheArgs, PhaseArg, PipelineArgs, RegistryArgs, ReportFormat, UsageError};
 use crate::delivery::{Claim, Delivery, Guard};
 use crate::render::{self, EXIT_DEADLINE, EXIT_INVALID, EXIT_OK};
 
@@ -37,6 +37,9 @@ pub struct Run {
 
     #[command(flatten)]
     cache: CacheArgs,
+
+    #[command(flatten)]
+    registries: RegistryArgs,
 
     /// The phase to run.
     #[arg(long, value_enum, default_value = "pre-stop")]
@@ -193,7 +196,7 @@ impl Run {
             },
             _ => None,
         };
-        let runner = self.cache.runner(&pipeline.path)?;
+        let runner = self.cache.runner(&pipeline, &self.registries)?;
         if let Some(started) = crate::STARTED.get() {
             tracing::debug!(
                 "pipeline loaded and engine ready {:?} after start",
@@ -294,7 +297,7 @@ impl Run {
                         let mut v = serde_json::to_value(s).unwrap_or_default();
                         let kind = s
                             .plugin()
-                            .and_then(|p| kinds.get(p))
+                            .and_then(|p| kinds.get(&p.to_string()))
                             .and_then(|k| k.as_ref().ok());
                         v["kind"] = serde_json::to_value(kind).unwrap_or_default();
                         v["skipped"] =

@@ -28,7 +28,7 @@ use lifehook_runtime::{PhaseStatus, RunOptions, Runner};
 use tokio::sync::{Semaphore, watch};
 
 use super::common::{load_plugins, print_problems, tokio_runtime};
-use super::{CacheArgs, PipelineArgs, UsageError};
+use super::{CacheArgs, PipelineArgs, RegistryArgs, UsageError};
 use crate::render::{self, EXIT_INVALID, EXIT_OK};
 
 /// Serve the pipeline's phases over HTTP, for `httpGet` hooks or a sidecar.
@@ -61,6 +61,9 @@ pub struct Serve {
 
     #[command(flatten)]
     cache: CacheArgs,
+
+    #[command(flatten)]
+    registries: RegistryArgs,
 
     /// Where to listen, like 127.0.0.1:8787, or 0.0.0.0:8787 for the
     /// kubelet (which calls the pod IP; a token is then required).
@@ -108,7 +111,7 @@ impl Serve {
             .into());
         }
         let pipeline = lifehook_manifest::load(&self.pipeline.file, None)?;
-        let runner = self.cache.runner(&pipeline.path)?;
+        let runner = self.cache.runner(&pipeline, &self.registries)?;
         let (_, problems) = load_plugins(&runner, pipeline.phases.iter().flat_map(|p| &p.steps));
         if !problems.is_empty() {
             print_problems(&problems);

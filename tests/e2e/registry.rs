@@ -1,0 +1,456 @@
+//! Plugins from OCI registries, against a real `docker-registry`: publish
+//! with `lifehook push`, pin tags with `lifehook compile` and the lock file,
+//! run offline from the cache, follow a tag with `pull = "always"`, and the
+//! failures (unknown tag, wrong artifact, not a component, HTTPS by default,
+//! refused credentials, a stalled registry) named.
+
+use std::time::Duration;
+
+use crate::support::registry::Registry;
+use crate::support::{Run, Sandbox, plugins};
+
+/// `lifehook push PLUGIN REF --insecure-registry HOST`.
+fn push(s: &Sandbox, registry: &Registry, plugin: &str, reference: &str) -> Run {
+    s.lifehook(&[
+        "push",
+        plugin,
+        reference,
+        "--insecure-registry",
+        &registry.host(),
+    ])
+}
+
+/// The digest `lifehook push` printed (`oci://...:tag@sha256:...`).
+fn pushed_digest(run: &Run) -> String {
+    assert_eq!(run.code, 0, "push failed: {}", run.stderr);
+    let line = run.stdout.trim();
+    let (_, digest) = line
+        .rsplit_once('@')
+        .unwrap_or_else(|| panic!("no digest in {line:?}"));
+    assert!(
+        digest.starts_with("sha256:") && digest.len() == 71,
+        "{line}"
+    );
+    digest.to_owned()
+}
+
+/// A pre-stop pipeline of one step running `plugin` (with `extra` keys).
+fn pipeline(s: &Sandbox, registry: &Registry, plugin: &str, extra: &str) {
+    s.write(
+        "lifehook.toml",
+        format!(
+            "[oci]\ninsecure-registries = [\"{}\"]\n\n[[pre-stop.steps]]\nname = \"hook\"\nplugin = \"{plugin}\"\ntimeout = \"5s\"\nconfig = {{ mode = \"ok\" }}\n{extra}",
+            registry.host()
+        ),
+    );
+}
+
+#[test]
+fn a_pushed_tag_is_pinned_by_compile_and_runs_with_the_registry_gone() {
+    let mut registry = Registry::start();
+    let s = Sandbox::new();
+    let tag = registry.reference("hooks/fixture:1.0");
+    let digest = pushed_digest(&push(&s, &registry, plugins::FIXTURE_HOOK, &tag));
+    assert_eq!(
+        registry.digest_of("hooks/fixture", "1.0").as_deref(),
+        Some(digest.as_str())
+    );
+    // The same bytes make the same artifact: pushing again changes nothing.
+    let again = pushed_digest(&push(&s, &registry, plugins::FIXTURE_HOOK, &tag));
+    assert_eq!(again, digest);
+
+    pipeline(&s, &registry, &tag, "");
+    // `run` never resolves a tag on its own.
+    let unpinned = s.lifehook(&["check", "--cache", "cache"]);
+    assert_eq!(unpinned.code, 2, "{}", unpinned.stderr);
+    assert!(
+        unpinned.stderr.contains("is not pinned to a digest")
+            && unpinned.stderr.contains("lifehook.lock"),
+        "{}",
+        unpinned.stderr
+    );
+    let compiled = s.lifehook(&["compile", "--cache", "cache"]);
+    assert_eq!(compiled.code, 0, "{}", compiled.stderr);
+    assert!(
+        compiled
+            .stdout
+            .contains(&format!("pulled  {tag} -> {digest}")),
+        "{}",
+        compiled.stdout
+    );
+    let lock = std::fs::read_to_string(s.path("lifehook.lock")).expect("lock file written");
+    assert!(
+        lock.contains(&format!("\"{tag}\" = \"{digest}\"")),
+        "{lock}"
+    );
+    let blob = s.path(&format!("cache/oci/{}.wasm", digest.replace(':', "-")));
+    assert_eq!(
+        std::fs::read(&blob).expect("pulled plugin in the cache"),
+        std::fs::read(plugins::FIXTURE_HOOK).expect("plugin")
+    );
+
+    // The tag moves on; the pinned digest does not, not even for a rebuild
+    // (compile again), until `compile --update`.
+    let moved = pushed_digest(&push(&s, &registry, plugins::FIXTURE_NOOP, &tag));
+    assert_ne!(moved, digest);
+    let rebuilt = s.lifehook(&["compile", "--cache", "cache"]);
+    assert_eq!(rebuilt.code, 0, "{}", rebuilt.stderr);
+    assert!(
+        rebuilt
+            .stdout
+            .contains(&format!("locked  {tag} -> {digest}")),
+        "{}",
+        rebuilt.stdout
+    );
+    assert_eq!(
+        std::fs::read_to_string(s.path("lifehook.lock")).expect("lock"),
+        lock
+    );
+    let other = Sandbox::new();
+    std::fs::copy(s.path("lifehook.toml"), other.path("lifehook.toml")).expect("copy pipeline");
+    std::fs::copy(s.path("lifehook.lock"), other.path("lifehook.lock")).expect("copy lock");
+    let updated = other.lifehook(&["compile", "--cache", "cache", "--update"]);
+    assert_eq!(updated.code, 0, "{}", updated.stderr);
+    let new_lock = std::fs::read_to_string(other.path("lifehook.lock")).expect("lock");
+    assert!(
+        new_lock.contains(&moved) && !new_lock.contains(&digest),
+        "{new_lock}"
+    );
+    other
+        .run(&["--cache", "cache"])
+        .assert_outcome("hook", "ok");
+    assert_eq!(
+        other.run(&["--cache", "cache"]).step("hook")["message"],
+        "nothing done"
+    );
+    registry.stop();
+    let run = s.run(&["--cache", "cache"]);
+    let step = run.assert_outcome("hook", "ok");
+    assert!(
+        step["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("ok phase=pre-stop")),
+        "{step:#}"
+    );
+    assert_eq!(step["code"], "precompiled", "{step:#}");
+}
+
+#[test]
+fn pull_always_follows_the_tag_and_falls_back_to_the_pin_when_the_registry_is_down() {
+    let mut registry = Registry::start();
+    let s = Sandbox::new();
+    let tag = registry.reference("hooks/moving:latest");
+    pushed_digest(&push(&s, &registry, plugins::FIXTURE_HOOK, &tag));
+    pipeline(&s, &registry, &tag, "pull = \"always\"\n");
+    let compiled = s.lifehook(&["compile", "--cache", "cache"]);
+    assert_eq!(compiled.code, 0, "{}", compiled.stderr);
+    pushed_digest(&push(&s, &registry, plugins::FIXTURE_NOOP, &tag));
+
+    let run = s.run(&["--cache", "cache"]);
+    assert_eq!(
+        run.assert_outcome("hook", "ok")["message"],
+        "nothing done",
+        "the new tag runs"
+    );
+
+    registry.stop();
+    let run = s.run(&["--cache", "cache"]);
+    let step = run.assert_outcome("hook", "ok");
+    assert!(
+        step["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("ok phase=")),
+        "the pinned digest runs: {step:#}"
+    );
+    assert!(
+        run.stderr.contains("running the cached sha256:"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_digest_reference_is_pulled_once_and_never_pulls_when_told_not_to() {
+    let registry = Registry::start();
+    let s = Sandbox::new();
+    let digest = pushed_digest(&push(
+        &s,
+        &registry,
+        plugins::FIXTURE_HOOK,
+        &registry.reference("hooks/pinned:v1"),
+    ));
+    let by_digest = registry.reference(&format!("hooks/pinned@{digest}"));
+
+    // pull = "never" with an empty cache: named, nothing fetched.
+    pipeline(&s, &registry, &by_digest, "pull = \"never\"\n");
+    let never = s.run(&["--cache", "cache"]);
+    never.assert_outcome("hook", "failed");
+    let message = never.message("hook");
+    assert!(
+        message.contains("is not in the cache") && message.contains("pull = \"never\""),
+        "{message}"
+    );
+    assert!(!s.path("cache/oci").exists());
+
+    // The default (if-not-present) pulls a pinned digest on first use, with
+    // no lock file needed, and checks the step's sha256 pin.
+    let sha = format!(
+        "{:x}",
+        <sha2::Sha256 as sha2::Digest>::digest(
+            std::fs::read(plugins::FIXTURE_HOOK).expect("plugin")
+        )
+    );
+    pipeline(&s, &registry, &by_digest, &format!("sha256 = \"{sha}\"\n"));
+    let run = s.run(&["--cache", "cache"]);
+    run.assert_outcome("hook", "ok");
+    assert!(
+        s.path(&format!("cache/oci/{}.wasm", digest.replace(':', "-")))
+            .is_file()
+    );
+
+    let wrong = "0".repeat(64);
+    pipeline(
+        &s,
+        &registry,
+        &by_digest,
+        &format!("sha256 = \"{wrong}\"\n"),
+    );
+    let refused = s.run(&["--cache", "cache"]);
+    let message = refused.message("hook");
+    assert!(
+        message.contains(&sha) && message.contains("refusing to run other content"),
+        "{message}"
+    );
+}
+
+#[test]
+fn what_a_registry_serves_is_checked_before_it_is_kept() {
+    let registry = Registry::start();
+    let s = Sandbox::new();
+    let wasm_config = "application/vnd.wasm.config.v0+json";
+    let core_module: &[u8] = b"\0asm\x01\0\0\0";
+    let component = std::fs::read(plugins::FIXTURE_HOOK).expect("plugin");
+    registry.put_artifact(
+        "bad/core",
+        "1",
+        wasm_config,
+        b"{}",
+        &[("application/wasm", core_module)],
+    );
+    registry.put_artifact(
+        "bad/image",
+        "1",
+        "application/vnd.oci.image.config.v1+json",
+        b"{}",
+        &[(
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            b"not a tarball",
+        )],
+    );
+    registry.put_artifact(
+        "bad/two",
+        "1",
+        wasm_config,
+        b"{}",
+        &[
+            ("application/wasm", &component),
+            ("application/wasm", &component),
+        ],
+    );
+    let cases = [
+        ("bad/core:1", "is not a WebAssembly component"),
+        (
+            "bad/image:1",
+            "it is not a Wasm artifact: its config is application/vnd.oci.image.config.v1+json",
+        ),
+        ("bad/two:1", "a Wasm artifact has one layer; this one has 2"),
+        ("bad/missing:1", "no such tag or digest"),
+    ];
+    for (path, expected) in cases {
+        let reference = registry.reference(path);
+        pipeline(&s, &registry, &reference, "");
+        let compiled = s.lifehook(&["compile", "--cache", "cache"]);
+        assert_eq!(compiled.code, 2, "{path}: {}", compiled.stderr);
+        assert!(
+            compiled
+                .stderr
+                .contains(&format!("cannot pull {reference}"))
+                && compiled.stderr.contains(expected),
+            "{path}: {}",
+            compiled.stderr
+        );
+        assert!(!s.path("lifehook.lock").exists(), "{path}: nothing pinned");
+    }
+    let kept: Vec<_> = std::fs::read_dir(s.path("cache/oci"))
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(kept.is_empty(), "nothing kept: {kept:?}");
+
+    // A registry not listed as insecure is reached over HTTPS only.
+    let reference = registry.reference("hooks/any:1");
+    s.write(
+        "lifehook.toml",
+        format!("[[pre-stop.steps]]\nname = \"hook\"\nplugin = \"{reference}\"\n"),
+    );
+    let https = s.lifehook(&["compile", "--cache", "cache"]);
+    assert_eq!(https.code, 2, "{}", https.stderr);
+    assert!(
+        https
+            .stderr
+            .contains(&format!("https://{}", registry.host()))
+            && https
+                .stderr
+                .contains(&format!("--insecure-registry {}", registry.host())),
+        "{}",
+        https.stderr
+    );
+}
+
+#[test]
+fn push_refuses_what_lifehook_cannot_run() {
+    let registry = Registry::start();
+    let s = Sandbox::new();
+    let core = s.write("core.wasm", b"\0asm\x01\0\0\0");
+    let run = push(
+        &s,
+        &registry,
+        &core.to_string_lossy(),
+        &registry.reference("x/core:1"),
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("is a core WebAssembly module"),
+        "{}",
+        run.stderr
+    );
+    let run = push(
+        &s,
+        &registry,
+        plugins::FIXTURE_OTHER_WORLD,
+        &registry.reference("x/other:1"),
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("a component for another world"),
+        "{}",
+        run.stderr
+    );
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let run = push(
+        &s,
+        &registry,
+        plugins::FIXTURE_HOOK,
+        &registry.reference(&format!("x/hook@{digest}")),
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("push to a tag"), "{}", run.stderr);
+    let run = push(&s, &registry, plugins::FIXTURE_HOOK, "oci://hooks/notify");
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert_eq!(registry.digest_of("x/core", "1"), None);
+    assert_eq!(registry.digest_of("x/other", "1"), None);
+}
+
+#[test]
+fn a_registry_with_auth_refuses_strangers_and_takes_logins_from_env_or_config() {
+    let registry = Registry::start_with_auth("deployer", "s3cret-pass");
+    let s = Sandbox::new();
+    let tag = registry.reference("hooks/private:1");
+
+    let anonymous = push(&s, &registry, plugins::FIXTURE_HOOK, &tag);
+    assert_ne!(anonymous.code, 0);
+    assert!(
+        anonymous.stderr.contains("LIFEHOOK_REGISTRY_USERNAME"),
+        "{}",
+        anonymous.stderr
+    );
+    let wrong = s.lifehook_with(
+        &[
+            "push",
+            plugins::FIXTURE_HOOK,
+            &tag,
+            "--insecure-registry",
+            &registry.host(),
+        ],
+        |c| {
+            c.env("LIFEHOOK_REGISTRY_USERNAME", "deployer")
+                .env("LIFEHOOK_REGISTRY_PASSWORD", "guess");
+        },
+    );
+    assert_ne!(wrong.code, 0);
+    assert!(wrong.stderr.contains("cannot push"), "{}", wrong.stderr);
+    assert_eq!(registry.digest_of("hooks/private", "1"), None);
+
+    let pushed = s.lifehook_with(
+        &[
+            "push",
+            plugins::FIXTURE_HOOK,
+            &tag,
+            "--insecure-registry",
+            &registry.host(),
+        ],
+        |c| {
+            c.env("LIFEHOOK_REGISTRY_USERNAME", "deployer")
+                .env("LIFEHOOK_REGISTRY_PASSWORD", "s3cret-pass");
+        },
+    );
+    let digest = pushed_digest(&pushed);
+
+    // A pull with a docker-style auth file, as `podman login` writes it.
+    pipeline(&s, &registry, &tag, "");
+    let denied = s.lifehook(&["compile", "--cache", "cache"]);
+    assert_eq!(denied.code, 2, "{}", denied.stderr);
+    assert!(denied.stderr.contains("cannot pull"), "{}", denied.stderr);
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode("deployer:s3cret-pass");
+    let file = s.write(
+        "auth.json",
+        format!(
+            "{{\"auths\": {{\"{}\": {{\"auth\": \"{auth}\"}}}}}}",
+            registry.host()
+        ),
+    );
+    let compiled = s.lifehook_with(&["compile", "--cache", "cache"], |c| {
+        c.env("REGISTRY_AUTH_FILE", &file);
+    });
+    assert_eq!(compiled.code, 0, "{}", compiled.stderr);
+    assert!(compiled.stdout.contains(&digest), "{}", compiled.stdout);
+    s.run(&["--cache", "cache"]).assert_outcome("hook", "ok");
+}
+
+#[test]
+fn a_stalled_registry_costs_the_step_its_timeout_and_nothing_more() {
+    // A registry that accepts connections and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let host = listener.local_addr().expect("address").to_string();
+    let held = std::thread::spawn(move || {
+        let mut open = Vec::new();
+        for stream in listener.incoming().take(8) {
+            open.push(stream);
+        }
+        std::thread::sleep(Duration::from_secs(60));
+    });
+    drop(held);
+    let s = Sandbox::new();
+    let digest = format!("sha256:{}", "b".repeat(64));
+    s.write(
+        "lifehook.toml",
+        format!(
+            "[oci]\ninsecure-registries = [\"{host}\"]\n\n[pre-stop]\ndeadline = \"20s\"\n\n[[pre-stop.steps]]\nname = \"stalled\"\nplugin = \"oci://{host}/hooks/slow@{digest}\"\ntimeout = \"1s\"\n\n[[pre-stop.steps]]\nname = \"after\"\nplugin = \"{}\"\nconfig = {{ mode = \"ok\" }}\n",
+            plugins::FIXTURE_HOOK
+        ),
+    );
+    let run = s.run(&["--cache", "cache"]);
+    let stalled = run.step("stalled");
+    assert_eq!(stalled["outcome"], "timed-out", "{stalled:#}");
+    let message = stalled["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("was still being pulled or compiled after 1"),
+        "{message}"
+    );
+    run.assert_outcome("after", "ok");
+    assert!(
+        run.elapsed < Duration::from_secs(8),
+        "took {:?}",
+        run.elapsed
+    );
+}
