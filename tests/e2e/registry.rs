@@ -415,6 +415,21 @@ fn a_registry_with_auth_refuses_strangers_and_takes_logins_from_env_or_config() 
     assert_eq!(compiled.code, 0, "{}", compiled.stderr);
     assert!(compiled.stdout.contains(&digest), "{}", compiled.stdout);
     s.run(&["--cache", "cache"]).assert_outcome("hook", "ok");
+
+    // The password from a file, as a mounted Secret holds it.
+    let secret = s.write("registry-password", "s3cret-pass\n");
+    let updated = s.lifehook_with(&["compile", "--cache", "fresh", "--update"], |c| {
+        c.env("LIFEHOOK_REGISTRY_USERNAME", "deployer")
+            .env("LIFEHOOK_REGISTRY_PASSWORD_FILE", &secret);
+    });
+    assert_eq!(updated.code, 0, "{}", updated.stderr);
+    assert!(
+        updated
+            .stdout
+            .contains(&format!("pulled  {tag} -> {digest}")),
+        "{}",
+        updated.stdout
+    );
 }
 
 #[test]
@@ -453,4 +468,131 @@ fn a_stalled_registry_costs_the_step_its_timeout_and_nothing_more() {
         "took {:?}",
         run.elapsed
     );
+}
+
+/// A registry that lies, which a real one cannot be made to do: answers
+/// from a table of path -> (content type, body).
+fn lying_registry(routes: Vec<(String, &'static str, Vec<u8>)>) -> String {
+    let server = tiny_http::Server::http("127.0.0.1:0").expect("bind");
+    let host = server.server_addr().to_ip().expect("ip").to_string();
+    std::thread::spawn(move || {
+        for request in server.incoming_requests() {
+            let url = request.url().to_owned();
+            let found = routes.iter().find(|(path, _, _)| *path == url);
+            let response = match (url.as_str(), found) {
+                ("/v2/", _) => tiny_http::Response::from_data(b"{}".to_vec()),
+                (_, Some((_, content_type, body))) => tiny_http::Response::from_data(body.clone())
+                    .with_header(
+                        tiny_http::Header::from_bytes("Content-Type", *content_type)
+                            .expect("header"),
+                    ),
+                _ => tiny_http::Response::from_data(
+                    b"{\"errors\":[{\"code\":\"MANIFEST_UNKNOWN\",\"message\":\"unknown\"}]}"
+                        .to_vec(),
+                )
+                .with_status_code(404),
+            };
+            let _ = request.respond(response);
+        }
+    });
+    host
+}
+
+fn sha(bytes: &[u8]) -> String {
+    format!("sha256:{:x}", <sha2::Sha256 as sha2::Digest>::digest(bytes))
+}
+
+#[test]
+fn a_lying_registry_is_caught_and_nothing_it_sent_is_kept() {
+    const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    let component = std::fs::read(plugins::FIXTURE_HOOK).expect("plugin");
+    let config = b"{}".to_vec();
+    let manifest = |layer_digest: &str, size: u64| {
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": MANIFEST,
+            "config": {"mediaType": "application/vnd.wasm.config.v0+json", "digest": sha(&config), "size": config.len()},
+            "layers": [{"mediaType": "application/wasm", "digest": layer_digest, "size": size}],
+        }))
+        .expect("json")
+    };
+    let honest = manifest(&sha(&component), component.len() as u64);
+    let wrong_layer = manifest(&sha(b"other bytes"), component.len() as u64);
+    let huge = manifest(&sha(&component), 300 << 20);
+    let short = manifest(&sha(&component), 100);
+    let asked = format!("sha256:{}", "c".repeat(64));
+    let routes = vec![
+        // Asked for one digest, serves another manifest.
+        (
+            format!("/v2/lie/manifest/manifests/{asked}"),
+            MANIFEST,
+            honest.clone(),
+        ),
+        // A manifest whose layer digest the bytes do not have.
+        ("/v2/lie/layer/manifests/1".into(), MANIFEST, wrong_layer),
+        (
+            format!("/v2/lie/layer/blobs/{}", sha(b"other bytes")),
+            "application/octet-stream",
+            component.clone(),
+        ),
+        // A layer declared too large to take.
+        ("/v2/lie/huge/manifests/1".into(), MANIFEST, huge),
+        // More bytes than declared.
+        ("/v2/lie/short/manifests/1".into(), MANIFEST, short),
+    ];
+    let mut routes: Vec<(String, &'static str, Vec<u8>)> = routes;
+    for repo in ["manifest", "layer", "huge", "short"] {
+        routes.push((
+            format!("/v2/lie/{repo}/blobs/{}", sha(&config)),
+            "application/octet-stream",
+            config.clone(),
+        ));
+    }
+    routes.push((
+        format!("/v2/lie/short/blobs/{}", sha(&component)),
+        "application/octet-stream",
+        component.clone(),
+    ));
+    let host = lying_registry(routes);
+    let s = Sandbox::new();
+    let cases = [
+        (
+            format!("lie/manifest@{asked}"),
+            "does not match its digest, refused",
+        ),
+        (
+            "lie/layer:1".to_owned(),
+            "does not match its digest, refused",
+        ),
+        (
+            "lie/huge:1".to_owned(),
+            "lifehook takes plugins up to 268435456 bytes",
+        ),
+        (
+            "lie/short:1".to_owned(),
+            "more than the 100 bytes its manifest declared",
+        ),
+    ];
+    for (path, expected) in cases {
+        let reference = format!("oci://{host}/{path}");
+        s.write(
+            "lifehook.toml",
+            format!("[oci]\ninsecure-registries = [\"{host}\"]\n[[pre-stop.steps]]\nname = \"hook\"\nplugin = \"{reference}\"\n"),
+        );
+        let compiled = s.lifehook(&["compile", "--cache", "cache"]);
+        assert_eq!(compiled.code, 2, "{path}: {}", compiled.stderr);
+        assert!(
+            compiled
+                .stderr
+                .contains(&format!("cannot pull {reference}"))
+                && compiled.stderr.contains(expected),
+            "{path}: {}",
+            compiled.stderr
+        );
+    }
+    let kept: Vec<_> = std::fs::read_dir(s.path("cache/oci"))
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(kept.is_empty(), "nothing kept: {kept:?}");
+    assert!(!s.path("lifehook.lock").exists());
 }

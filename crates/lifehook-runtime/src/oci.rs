@@ -5,7 +5,8 @@
 //! blob's digest while downloading.
 //!
 //! Credentials, first found: `LIFEHOOK_REGISTRY_USERNAME` and
-//! `LIFEHOOK_REGISTRY_PASSWORD`; then the `auths` of a docker-style
+//! `LIFEHOOK_REGISTRY_PASSWORD` (or `LIFEHOOK_REGISTRY_PASSWORD_FILE`, a
+//! file holding it); then the `auths` of a docker-style
 //! `config.json` at `$REGISTRY_AUTH_FILE`, `$DOCKER_CONFIG/config.json` or
 //! `~/.docker/config.json`; else anonymous. Plain HTTP only for registries
 //! listed as insecure.
@@ -49,11 +50,18 @@ fn reference(r: &OciReference) -> Result<Reference, SourceError> {
 
 /// The credentials for `registry`.
 pub fn auth_for(registry: &str) -> RegistryAuth {
-    if let (Ok(user), Ok(password)) = (
-        std::env::var("LIFEHOOK_REGISTRY_USERNAME"),
-        std::env::var("LIFEHOOK_REGISTRY_PASSWORD"),
-    ) {
-        return RegistryAuth::Basic(user, password);
+    if let Ok(user) = std::env::var("LIFEHOOK_REGISTRY_USERNAME") {
+        let password = std::env::var("LIFEHOOK_REGISTRY_PASSWORD")
+            .ok()
+            .or_else(|| {
+                // A mounted Secret: the file's content, without a final newline.
+                let file = std::env::var_os("LIFEHOOK_REGISTRY_PASSWORD_FILE")?;
+                let text = std::fs::read_to_string(&file).ok()?;
+                Some(text.trim_end_matches(['\n', '\r']).to_owned())
+            });
+        if let Some(password) = password {
+            return RegistryAuth::Basic(user, password);
+        }
     }
     let candidates = [
         std::env::var_os("REGISTRY_AUTH_FILE").map(std::path::PathBuf::from),
@@ -259,6 +267,12 @@ fn describe(e: &oci_client::errors::OciDistributionError, registry: &str) -> Str
             }
         }
         E::ImageManifestNotFoundError(m) => format!("no such tag or digest ({m})"),
+        E::IncompatibleLayerMediaTypeError(m) => {
+            format!("it is not a Wasm artifact: its layer is {m}")
+        }
+        E::DigestError(d) => {
+            format!("what the registry sent does not match its digest, refused: {d}")
+        }
         other => {
             let mut text = other.to_string();
             let mut source = std::error::Error::source(other);

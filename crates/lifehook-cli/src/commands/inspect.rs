@@ -46,7 +46,7 @@ pub(super) struct Report {
     /// `hook` or `command`.
     kind: &'static str,
     /// The `lifehook:hook` version it was built against, if it imports it.
-    contract: Option<String>,
+    pub(super) contract: Option<String>,
     pub(super) imports: Vec<Import>,
     pub(super) exports: Vec<String>,
     /// The `allow` keys whose grants it could use.

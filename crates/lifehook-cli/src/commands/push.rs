@@ -16,8 +16,8 @@ use super::RegistryArgs;
 /// make the same digest (the config records no time), so pushing again
 /// changes nothing.
 ///
-/// Credentials: LIFEHOOK_REGISTRY_USERNAME and LIFEHOOK_REGISTRY_PASSWORD,
-/// else the `auths` of REGISTRY_AUTH_FILE, $DOCKER_CONFIG/config.json or
+/// Credentials: LIFEHOOK_REGISTRY_USERNAME and LIFEHOOK_REGISTRY_PASSWORD
+/// (or LIFEHOOK_REGISTRY_PASSWORD_FILE), else the `auths` of REGISTRY_AUTH_FILE, $DOCKER_CONFIG/config.json or
 /// ~/.docker/config.json (what `podman login` / `docker login` write).
 #[derive(Debug, Args)]
 #[command(after_help = "\
@@ -67,6 +67,7 @@ impl Push {
             "layerDigests": [format!("sha256:{}", lifehook_runtime::sources::sha256_hex(&bytes))],
             "component": {
                 "target": report.target(),
+                "contract": report.contract,
                 "imports": report.imports.iter().map(|i| &i.name).collect::<Vec<_>>(),
                 "exports": &report.exports,
             },
