@@ -22,7 +22,7 @@
 //! # async fn demo() -> anyhow::Result<()> {
 //! let pipeline = lifehook_manifest::load("lifehook.toml".as_ref(), None)?;
 //! let phase = pipeline.phase(lifehook_manifest::PhaseName::PreStop).unwrap();
-//! //! let sources = lifehook_runtime::sources::Sources::default();
+//! let sources = lifehook_runtime::sources::Sources::default();
 //! let runner = lifehook_runtime::Runner::new(lifehook_runtime::Runtime::new()?, None, sources);
 //! let report = runner.run(&pipeline.path, phase, &Default::default()).await;
 //! println!("{}", report.to_json());
