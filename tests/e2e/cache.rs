@@ -261,3 +261,48 @@ fn compiling_at_run_time_counts_against_the_step_timeout() {
         "{step:#}"
     );
 }
+
+#[test]
+fn without_an_artifact_the_baseline_compiler_runs_it_under_every_limit_and_leaves_one() {
+    let s = Sandbox::new();
+    std::fs::copy(plugins::FIXTURE_HOOK, s.path("p.wasm")).expect("copy plugin");
+    s.pipeline(
+        "[[pre-stop.steps]]\nname = \"busy\"\nplugin = \"p.wasm\"\ntimeout = \"300ms\"\nfuel = \"unlimited\"\nconfig = { mode = \"busy-loop\" }\n\n[[pre-stop.steps]]\nname = \"fuel\"\nplugin = \"p.wasm\"\nfuel = 2_000_000\nconfig = { mode = \"busy-loop\" }\n\n[[pre-stop.steps]]\nname = \"ok\"\nplugin = \"p.wasm\"\nconfig = { mode = \"ok\" }\n",
+    );
+    // First run: compiled now, by the baseline compiler (no epochs: a busy
+    // loop is stopped at a fuel yield, on time).
+    let first = s.run(&["--cache", "cache"]);
+    let busy = first.assert_outcome("busy", "timed-out");
+    assert_eq!(busy["code"], "compiled", "{busy:#}");
+    let took = busy["duration_ms"].as_u64().expect("duration");
+    assert!(
+        (300..800).contains(&took),
+        "a busy loop ran {took} ms against a 300 ms timeout"
+    );
+    first.assert_outcome("fuel", "out-of-fuel");
+    first.assert_outcome("ok", "ok");
+    let baseline: Vec<PathBuf> = std::fs::read_dir(s.path("cache"))
+        .expect("the run left its baseline artifact")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(".baseline.cwasm"))
+        .collect();
+    assert_eq!(baseline.len(), 1, "{baseline:?}");
+    // Second run: loads it, compiles nothing, same limits.
+    let second = s.run(&["--cache", "cache"]);
+    assert_eq!(second.assert_outcome("busy", "timed-out")["code"], "cached");
+    second.assert_outcome("fuel", "out-of-fuel");
+    assert_eq!(second.assert_outcome("ok", "ok")["code"], "cached");
+    // `lifehook compile` replaces it with the optimised artifact.
+    assert_eq!(s.lifehook(&["compile", "--cache", "cache"]).code, 0);
+    let left = artifacts(&s);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(
+        !left[0].to_string_lossy().contains(".baseline."),
+        "{left:?}"
+    );
+    assert_eq!(
+        s.run(&["--cache", "cache"]).step("ok")["code"],
+        "precompiled"
+    );
+}

@@ -5,6 +5,7 @@
 mod support;
 
 mod authoring;
+mod bulk;
 mod cache;
 mod cli;
 mod container;

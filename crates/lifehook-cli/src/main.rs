@@ -38,6 +38,9 @@ fn main() {
         }
     };
     let _ = std::io::stdout().flush();
+    // A baseline artifact being written for the next run: finish it (it
+    // is written while the plugin runs, so this rarely waits).
+    lifehook_runtime::finish_cache_writes(std::time::Duration::from_secs(2));
     exit_now(code)
 }
 

@@ -29,8 +29,9 @@ pub const DEFAULT_OUTPUT_LIMIT: u64 = 64 << 10;
 /// Files, directories and sockets a plugin may hold open by default: far
 /// beyond a normal plugin, far below a process's descriptor limit.
 pub const DEFAULT_MAX_OPEN: u32 = 256;
-/// Bytes a plugin may write to its granted directories by default.
-pub const DEFAULT_MAX_WRITE: u64 = 1 << 30;
+/// Bytes a plugin may write to its granted directories by default: room
+/// for a 1 GiB snapshot saved (or restored) on a retry too.
+pub const DEFAULT_MAX_WRITE: u64 = 4 << 30;
 /// Outgoing HTTP requests in flight by default.
 pub const DEFAULT_MAX_HTTP: u32 = 16;
 /// The `pre-stop` deadline by default: leaves 10 s of Kubernetes' default

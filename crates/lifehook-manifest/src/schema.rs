@@ -98,7 +98,7 @@ pub struct RawDefaults {
     /// Example: `max-open = 64`
     pub max_open: Option<Spanned<i64>>,
     /// Most bytes the plugin may write to its granted directories, over all
-    /// attempts (default "1GiB").
+    /// attempts (default "4GiB").
     ///
     /// Example: `max-write = "100MiB"`
     pub max_write: Option<SizeValue>,
@@ -226,7 +226,7 @@ pub struct RawStep {
     /// Example: `max-open = 64`
     pub max_open: Option<Spanned<i64>>,
     /// Most bytes the plugin may write to its granted directories, over all
-    /// attempts (default "1GiB").
+    /// attempts (default "4GiB").
     ///
     /// Example: `max-write = "100MiB"`
     pub max_write: Option<SizeValue>,

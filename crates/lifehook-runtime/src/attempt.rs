@@ -11,7 +11,6 @@ use lifehook_units::format_duration;
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use crate::bindings::lifehook::hook::types::{Failure, Invocation};
-use crate::engine::Runtime;
 use crate::plugin::{Plugin, Pre};
 use crate::report::Outcome;
 use crate::state::{StepRecord, StepState};
@@ -70,7 +69,6 @@ pub(crate) struct Evidence {
 
 /// Runs one attempt of `step`'s plugin until it returns or `deadline`.
 pub(crate) async fn run(
-    rt: &Runtime,
     plugin: &Plugin,
     step: &Step,
     invocation: &Invocation,
@@ -91,7 +89,7 @@ pub(crate) async fn run(
         Ok(state) => state,
         Err(e) => return AttemptResult::new(Outcome::Failed, format!("{e:#}"), false),
     };
-    let mut store = Store::new(&rt.engine, state);
+    let mut store = Store::new(&plugin.engine, state);
     store.limiter(|s| &mut s.limiter);
     let fuel = match step.limits.fuel {
         Fuel::Limited(n) => n,
@@ -100,16 +98,28 @@ pub(crate) async fn run(
     if let Err(e) = store.set_fuel(fuel) {
         return AttemptResult::new(Outcome::Failed, format!("cannot set fuel: {e}"), false);
     }
-    // At every epoch tick: stop the guest when its deadline has passed,
-    // otherwise yield so timers and concurrent steps make progress.
-    store.epoch_deadline_callback(|ctx| {
-        if Instant::now() >= ctx.data().deadline {
-            Ok(UpdateDeadline::Interrupt)
-        } else {
-            Ok(UpdateDeadline::Yield(1))
+    if plugin.baseline {
+        // Baseline code has no epoch checks: it yields every so much fuel,
+        // and the deadline below stops it at a yield.
+        if let Err(e) = store.fuel_async_yield_interval(Some(crate::engine::BASELINE_YIELD_FUEL)) {
+            return AttemptResult::new(
+                Outcome::Failed,
+                format!("cannot set fuel yields: {e}"),
+                false,
+            );
         }
-    });
-    store.set_epoch_deadline(1);
+    } else {
+        // At every epoch tick: stop the guest when its deadline has passed,
+        // otherwise yield so timers and concurrent steps make progress.
+        store.epoch_deadline_callback(|ctx| {
+            if Instant::now() >= ctx.data().deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store.set_epoch_deadline(1);
+    }
 
     let call = async {
         match &plugin.pre {

@@ -134,8 +134,78 @@ impl ArtifactCache {
                 artifact.display()
             ),
         }
+        #[cfg(feature = "compiler")]
+        if let Some(baseline) = rt.baseline() {
+            // The baseline artifact an earlier run left, else compile with
+            // the baseline compiler and leave one for the next run.
+            let cached = self.baseline_path(plugin, plugin_hash);
+            match load_artifact(baseline, &cached, plugin_hash) {
+                Ok(Some(component)) => {
+                    tracing::info!(
+                        "loaded the baseline artifact {} an earlier run left; `lifehook compile` makes an optimised one",
+                        cached.display()
+                    );
+                    return Plugin::prepare(
+                        baseline,
+                        plugin,
+                        component,
+                        CodeSource::Cached,
+                        started,
+                    );
+                }
+                Ok(None) => {}
+                Err(why) => tracing::warn!(
+                    "ignoring baseline artifact {}: {why}; compiling the plugin instead",
+                    cached.display()
+                ),
+            }
+            let component = plugin::compile(baseline, plugin, &bytes, true)?;
+            let loaded = Plugin::prepare(
+                baseline,
+                plugin,
+                component.clone(),
+                CodeSource::Compiled,
+                started,
+            )?;
+            self.keep_in_background(component, cached, plugin_hash);
+            return Ok(loaded);
+        }
         let component = plugin::compile(rt, plugin, &bytes, true)?;
         Plugin::prepare(rt, plugin, component, CodeSource::Compiled, started)
+    }
+
+    /// Where the baseline artifact of `plugin` goes: next to the optimised
+    /// one, which replaces it when `lifehook compile` runs.
+    #[cfg(feature = "compiler")]
+    fn baseline_path(&self, plugin: &Path, plugin_hash: u128) -> PathBuf {
+        self.artifact_path(plugin, plugin_hash)
+            .with_extension(format!("baseline.{EXTENSION}"))
+    }
+
+    /// Writes `component`'s baseline artifact on a thread of its own, while
+    /// the plugin runs; [`finish_cache_writes`] waits for it before the
+    /// process exits. A cache that cannot be written is skipped quietly:
+    /// the next run compiles again.
+    #[cfg(feature = "compiler")]
+    fn keep_in_background(&self, component: Component, path: PathBuf, plugin_hash: u128) {
+        let dir = self.dir.clone();
+        let spawned = std::thread::Builder::new()
+            .name("lifehook-cache-write".into())
+            .spawn(move || {
+                let written = component
+                    .serialize()
+                    .map_err(std::io::Error::other)
+                    .and_then(|code| write_artifact(&dir, &path, &code, plugin_hash));
+                match written {
+                    Ok(()) => tracing::debug!("wrote baseline artifact {}", path.display()),
+                    Err(e) => {
+                        tracing::debug!("cannot write baseline artifact {}: {e}", path.display())
+                    }
+                }
+            });
+        if let Ok(handle) = spawned {
+            pending_writes().push(handle);
+        }
     }
 
     /// Loads `plugin` from its artifact if a usable one exists; `None`
@@ -185,26 +255,12 @@ impl ArtifactCache {
             message: e.to_string(),
         })?;
         let artifact = self.artifact_path(plugin, plugin_hash);
-        let write_err = |source| CompileError::Write {
-            path: artifact.clone(),
-            source,
-        };
-        fs::create_dir_all(&self.dir).map_err(write_err)?;
-        use std::io::Write as _;
-        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir).map_err(write_err)?;
-        tmp.write_all(&code).map_err(write_err)?;
-        tmp.write_all(&trailer(&code, plugin_hash))
-            .map_err(write_err)?;
-        // Temporary files are private (0600); an image built as root is run
-        // as another user, who must be able to read the artifact.
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            tmp.as_file()
-                .set_permissions(fs::Permissions::from_mode(0o644))
-                .map_err(write_err)?;
-        }
-        tmp.as_file().sync_all().map_err(write_err)?;
-        tmp.persist(&artifact).map_err(|e| write_err(e.error))?;
+        write_artifact(&self.dir, &artifact, &code, plugin_hash).map_err(|source| {
+            CompileError::Write {
+                path: artifact.clone(),
+                source,
+            }
+        })?;
         self.remove_stale(plugin, &artifact);
         Ok(Compiled {
             plugin: plugin.to_path_buf(),
@@ -228,10 +284,13 @@ impl ArtifactCache {
         for entry in entries.flatten() {
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
+            // Older optimised artifacts, and every baseline one (the
+            // optimised artifact replaces it).
             let is_old = name
                 .strip_prefix(&stem)
                 .and_then(|rest| rest.strip_prefix('-'))
                 .and_then(|rest| rest.strip_suffix(&format!(".{EXTENSION}")))
+                .map(|rest| rest.strip_suffix(".baseline").unwrap_or(rest))
                 .is_some_and(|hash| {
                     hash.len() == 32 && hash.bytes().all(|b| b.is_ascii_hexdigit())
                 });
@@ -240,6 +299,60 @@ impl ArtifactCache {
             }
         }
     }
+}
+
+/// Writes an artifact of `code` atomically (a temporary file in `dir`,
+/// flushed, renamed), readable by all: an image built as root is run as
+/// another user.
+#[cfg(feature = "compiler")]
+fn write_artifact(
+    dir: &Path,
+    artifact: &Path,
+    code: &[u8],
+    plugin_hash: u128,
+) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(code)?;
+    tmp.write_all(&trailer(code, plugin_hash))?;
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(0o644))?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(artifact).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Artifact writes still going on in the background.
+#[cfg(feature = "compiler")]
+fn pending_writes() -> std::sync::MutexGuard<'static, Vec<std::thread::JoinHandle<()>>> {
+    static PENDING: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>> =
+        std::sync::Mutex::new(Vec::new());
+    PENDING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Waits, up to `limit`, for the baseline artifacts still being written to
+/// the cache, so that a process about to exit leaves whole artifacts (or
+/// none) behind. Call before exiting.
+pub fn finish_cache_writes(limit: Duration) {
+    #[cfg(feature = "compiler")]
+    {
+        let deadline = Instant::now() + limit;
+        let handles: Vec<_> = pending_writes().drain(..).collect();
+        for handle in handles {
+            while !handle.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            if handle.is_finished() {
+                let _ = handle.join();
+            }
+        }
+    }
+    #[cfg(not(feature = "compiler"))]
+    let _ = limit;
 }
 
 /// Checks an artifact and loads it: `Ok(None)` when there is none, `Err`

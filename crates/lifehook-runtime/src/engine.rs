@@ -2,7 +2,7 @@
 //! identically whether it compiles plugins or runs them (precompiled artifacts
 //! only load into an engine with the same settings).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use wasmtime::component::{HasSelf, Linker};
@@ -15,12 +15,29 @@ use crate::state::StepState;
 /// every tick, so this is the granularity of wall-time limits on guest loops.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
+/// Fuel between two yields of a plugin compiled by the baseline compiler,
+/// which has no epoch interruption: its wall-time limit is checked at each
+/// yield (about every millisecond of busy guest code).
+pub(crate) const BASELINE_YIELD_FUEL: u64 = 1_000_000;
+
 /// A wasmtime engine with every host interface lifehook offers linked in.
 /// Cheap to clone; share one per process.
 #[derive(Clone)]
 pub struct Runtime {
     pub(crate) engine: Engine,
     pub(crate) linker: Arc<Linker<StepState>>,
+    /// True for the baseline (Winch) engine.
+    pub(crate) is_baseline: bool,
+    /// The baseline engine, built the first time a plugin has to be
+    /// compiled at run time.
+    #[cfg_attr(
+        not(feature = "compiler"),
+        expect(
+            dead_code,
+            reason = "only a build with a compiler compiles at run time"
+        )
+    )]
+    baseline: Arc<OnceLock<Option<Runtime>>>,
 }
 
 impl Runtime {
@@ -30,7 +47,48 @@ impl Runtime {
         let engine = Engine::new(&engine_config())?;
         let linker = Arc::new(build_linker(&engine)?);
         start_epoch_ticker(&engine);
-        Ok(Runtime { engine, linker })
+        Ok(Runtime {
+            engine,
+            linker,
+            is_baseline: false,
+            baseline: Arc::default(),
+        })
+    }
+
+    /// The engine that compiles plugins with no precompiled artifact:
+    /// Winch, wasmtime's baseline compiler, which compiles in one pass,
+    /// several times faster than Cranelift, to code that runs slower. Its
+    /// code needs its own engine (another calling convention), and it has
+    /// no epoch interruption: plugins it compiled yield every
+    /// [`BASELINE_YIELD_FUEL`] instead, where their deadline is checked.
+    /// `None` when it cannot be built (it is then Cranelift at run time).
+    #[cfg(feature = "compiler")]
+    pub(crate) fn baseline(&self) -> Option<&Runtime> {
+        self.baseline
+            .get_or_init(|| {
+                let mut config = engine_config();
+                config.strategy(wasmtime::Strategy::Winch);
+                config.epoch_interruption(false);
+                let built = Engine::new(&config)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|engine| {
+                        let linker = Arc::new(build_linker(&engine)?);
+                        Ok(Runtime {
+                            engine,
+                            linker,
+                            is_baseline: true,
+                            baseline: Arc::default(),
+                        })
+                    });
+                built
+                    .inspect_err(|e| {
+                        tracing::warn!(
+                            "cannot start the baseline compiler ({e:#}); compiling with Cranelift"
+                        )
+                    })
+                    .ok()
+            })
+            .as_ref()
     }
 
     /// An engine for `lifehook compile`: the same settings as [`Runtime::new`]
@@ -44,7 +102,22 @@ impl Runtime {
         config.target(&target_lexicon::Triple::host().to_string())?;
         let engine = Engine::new(&config)?;
         let linker = Arc::new(build_linker(&engine)?);
-        Ok(Runtime { engine, linker })
+        Ok(Runtime {
+            engine,
+            linker,
+            is_baseline: false,
+            baseline: Arc::default(),
+        })
+    }
+
+    /// The engine to compile with when a plugin must be compiled at run
+    /// time: the baseline one when the build has it, else this one.
+    pub(crate) fn for_run_time_compile(&self) -> &Runtime {
+        #[cfg(feature = "compiler")]
+        if let Some(baseline) = self.baseline() {
+            return baseline;
+        }
+        self
     }
 
     /// The underlying engine.
@@ -83,6 +156,7 @@ fn build_linker(engine: &Engine) -> anyhow::Result<Linker<StepState>> {
         &mut linker,
         |s| s,
     )?;
+    crate::files::add_to_linker(&mut linker)?;
     Ok(linker)
 }
 

@@ -36,6 +36,7 @@ mod caps;
 mod capture;
 mod denials;
 mod engine;
+mod files;
 mod fs_gate;
 mod http_gate;
 mod limiter;
@@ -50,7 +51,7 @@ pub mod sources;
 mod state;
 mod step;
 
-pub use cache::{ArtifactCache, CompileError, Compiled};
+pub use cache::{ArtifactCache, CompileError, Compiled, finish_cache_writes};
 pub use engine::{EPOCH_TICK, Runtime};
 pub use loader::LoadResult;
 pub use plugin::{CodeSource, LoadError, Plugin, PluginKind};

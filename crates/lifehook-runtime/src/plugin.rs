@@ -36,10 +36,14 @@ pub enum PluginKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CodeSource {
-    /// Compiled in this process.
+    /// Compiled in this process (by the baseline compiler, Winch, when the
+    /// build has it).
     Compiled,
-    /// Loaded from an artifact made by `lifehook compile`.
+    /// Loaded from an artifact made by `lifehook compile` (optimised).
     Precompiled,
+    /// Loaded from the baseline artifact an earlier run wrote to the cache
+    /// after compiling the plugin itself.
+    Cached,
 }
 
 /// A plugin ready to instantiate.
@@ -53,6 +57,11 @@ pub struct Plugin {
     /// Time spent compiling or loading it.
     pub load_time: Duration,
     pub(crate) pre: Pre,
+    /// The engine its code belongs to (its stores are made from it).
+    pub(crate) engine: wasmtime::Engine,
+    /// Compiled by the baseline compiler: bounded in wall time by fuel
+    /// yields rather than epochs.
+    pub(crate) baseline: bool,
 }
 
 pub(crate) enum Pre {
@@ -174,6 +183,7 @@ impl Plugin {
             path: path.to_path_buf(),
             source,
         })?;
+        let rt = rt.for_run_time_compile();
         let component = compile(rt, path, &bytes, true)?;
         Self::prepare(rt, path, component, CodeSource::Compiled, started)
     }
@@ -217,6 +227,8 @@ impl Plugin {
             source,
             load_time: started.elapsed(),
             pre,
+            engine: rt.engine.clone(),
+            baseline: rt.is_baseline,
         })
     }
 }

@@ -43,6 +43,8 @@ pub(crate) struct StepState {
     caps: StepCaps,
     file_streams: FileStreams,
     output: OutputCapture,
+    dir_grants: Arc<[lifehook_manifest::DirGrant]>,
+    denials: Denials,
     /// When this attempt must stop; read by the epoch callback.
     pub(crate) deadline: Instant,
 }
@@ -147,13 +149,15 @@ impl StepState {
             gate: HttpGate {
                 grants: step.grants.http.clone().into(),
                 deadline,
-                denials,
+                denials: denials.clone(),
                 caps: caps.clone(),
                 in_flight: Default::default(),
             },
             caps,
             file_streams: FileStreams::default(),
             output,
+            dir_grants: step.grants.dirs.clone().into(),
+            denials,
             deadline,
         })
     }
@@ -201,6 +205,20 @@ impl CapsView for StepState {
 impl FsGateView for StepState {
     fn fs_gate(&mut self) -> &mut FsGate {
         &mut self.fs_gate
+    }
+}
+
+impl crate::files::FilesView for StepState {
+    fn dir_grants(&self) -> &Arc<[lifehook_manifest::DirGrant]> {
+        &self.dir_grants
+    }
+
+    fn denials(&self) -> &Denials {
+        &self.denials
+    }
+
+    fn files_caps(&self) -> &StepCaps {
+        &self.caps
     }
 }
 

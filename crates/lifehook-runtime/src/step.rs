@@ -184,15 +184,7 @@ async fn run_plugin(
                 .saturating_duration_since(attempt_start)
                 .as_millis() as u64,
         };
-        let result = attempt::run(
-            loader.runtime(),
-            &plugin,
-            step,
-            &invocation,
-            deadline,
-            &record,
-        )
-        .await;
+        let result = attempt::run(&plugin, step, &invocation, deadline, &record).await;
         record.output.flush();
         report.attempts = attempt;
         fuel_total = fuel_total

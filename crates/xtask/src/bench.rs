@@ -123,6 +123,61 @@ pub fn run(args: &[String]) -> anyhow::Result<u8> {
     let size_runtime = std::fs::metadata(&runtime_only)?.len();
     let static_ok = is_static(&full)? && is_static(&runtime_only)?;
 
+    // Data-heavy steps: 256 MB in three large files and a thousand small
+    // ones, saved and restored, next to tar + sha256sum + sync.
+    make_data(&bench.join("data256"), &[80 << 20; 3], 1000, 16 << 10)?;
+    let save_native = "sh -c 'tar cf native/snap.tar -C data256 . && (cd data256 && find . -type f -print0 | xargs -0 sha256sum) > native/snap.sum && sync'";
+    let save_ours = format!("{lifehook} run --force -f save256.toml --cache cache");
+    let data_runs = if quick { "3" } else { "10" };
+    let g_save = hyperfine(&bench, data_runs, None, &[&save_ours, save_native])?;
+    let fresh = "rm -rf restored256 rnative && mkdir restored256 rnative";
+    let restore_native = "sh -c 'tar xf native/snap.tar -C rnative && cd rnative && sha256sum --quiet -c ../native/snap.sum && sync'";
+    let restore_ours =
+        format!("{lifehook} run --force --phase post-start -f restore256.toml --cache cache");
+    let g_restore = hyperfine(
+        &bench,
+        data_runs,
+        Some(fresh),
+        &[&restore_ours, restore_native],
+    )?;
+    let rss_save = peak_rss(&bench, 3, "true", &save_ours)?;
+    let rss_restore = peak_rss(&bench, 3, fresh, &restore_ours)?;
+    // A 1 GiB snapshot under the default limits (no limit set on the steps).
+    make_data(&bench.join("data1g"), &[1 << 30], 0, 0)?;
+    let big_save = run_once_ok(
+        &bench,
+        &format!("{lifehook} run --force --report json -f save1g.toml --cache cache"),
+    )?;
+    crate::run(
+        Command::new("sh")
+            .args(["-c", "rm -rf restored1g && mkdir restored1g"])
+            .current_dir(&bench),
+    )?;
+    let big_restore = run_once_ok(
+        &bench,
+        &format!(
+            "{lifehook} run --force --report json --phase post-start -f restore1g.toml --cache cache"
+        ),
+    )?;
+    for dir in ["data1g", "snap1g", "restored1g"] {
+        let _ = std::fs::remove_dir_all(bench.join(dir));
+    }
+
+    // The hook server: a trigger of a one-step no-op pre-stop over loopback,
+    // next to /healthz on the same connection; then 100 triggers at once,
+    // round after round, joining one run each time.
+    let server = crate::serve_bench::Server::start(&lifehook, &bench, "noop1.toml")?;
+    let requests = if quick { 200 } else { 2000 };
+    let trigger =
+        crate::serve_bench::median_latency(server.addr, "POST", "/pre-stop?force=1", requests)?;
+    let healthz = crate::serve_bench::median_latency(server.addr, "GET", "/healthz", requests)?;
+    drop(server);
+    let server = crate::serve_bench::Server::start(&lifehook, &bench, "serve-join.toml")?;
+    let rounds = if quick { 5 } else { 20 };
+    let (runs_per_round, rss_round1, rss_last) =
+        crate::serve_bench::concurrent_triggers(&server, "/pre-stop?force=1", 100, rounds)?;
+    drop(server);
+
     let per_step = (c[0].median_ms - c[1].median_ms) / 9.0;
     let mb = |bytes: u64| bytes as f64 / 1e6;
     let mut rows = Vec::new();
@@ -204,6 +259,66 @@ pub fn run(args: &[String]) -> anyhow::Result<u8> {
         "-".into(),
         "<= 10 MB",
         size_runtime <= 10_000_000 && static_ok,
+    );
+
+    let ratio_save = g_save[0].median_ms / g_save[1].median_ms;
+    row(
+        "(g) save-state 256 MB (3 x 80 MB + 1000 x 16 KiB) vs tar + sha256sum + sync",
+        g_save[0].to_string(),
+        g_save[1].to_string(),
+        format!("{ratio_save:.2}"),
+        "<= 1.5",
+        ratio_save <= 1.5,
+    );
+    let ratio_restore = g_restore[0].median_ms / g_restore[1].median_ms;
+    row(
+        "(g) restore-state 256 MB vs tar x + sha256sum -c + sync",
+        g_restore[0].to_string(),
+        g_restore[1].to_string(),
+        format!("{ratio_restore:.2}"),
+        "<= 1.5",
+        ratio_restore <= 1.5,
+    );
+    row(
+        "(g) peak RSS of save-state / restore-state 256 MB",
+        format!(
+            "{:.1} / {:.1} MiB",
+            rss_save as f64 / 1024.0,
+            rss_restore as f64 / 1024.0
+        ),
+        "-".into(),
+        "-".into(),
+        "-",
+        true,
+    );
+    row(
+        "(h) 1 GiB snapshot, default limits: save / restore",
+        format!(
+            "{:.2} s / {:.2} s",
+            big_save.as_secs_f64(),
+            big_restore.as_secs_f64()
+        ),
+        "-".into(),
+        "-".into(),
+        "both ok",
+        true,
+    );
+    row(
+        "(i) serve: trigger of a one-step no-op pre-stop (loopback, keep-alive)",
+        format!("{trigger:.3} ms"),
+        format!("GET /healthz {healthz:.3} ms"),
+        format!("{:.2}", trigger / healthz),
+        "<= 1 ms",
+        trigger <= 1.0,
+    );
+    let growth = rss_last.saturating_sub(rss_round1);
+    row(
+        &format!("(i) serve: 100 concurrent triggers x {rounds} rounds"),
+        format!("{runs_per_round} run(s) a round; RSS +{growth} KiB"),
+        format!("RSS after round 1: {:.1} MiB", rss_round1 as f64 / 1024.0),
+        "-".into(),
+        "1 run; growth <= 1 MiB",
+        runs_per_round == 1 && growth <= 1024,
     );
 
     println!("\n{}\n", machine()?);
@@ -324,6 +439,39 @@ fn write_pipelines(bench: &Path, plugins: &Path, origin: &str) -> anyhow::Result
     };
     std::fs::write(bench.join("noop1.toml"), noop(1))?;
     std::fs::write(bench.join("noop10.toml"), noop(10))?;
+    // All 100 triggers of a round arrive while this runs, and join it.
+    std::fs::write(
+        bench.join("serve-join.toml"),
+        format!(
+            "{}[[pre-stop.steps]]\nname = \"hold\"\nsleep = \"300ms\"\n",
+            noop(1)
+        ),
+    )?;
+    let save = |data: &str, snap: &str| {
+        format!(
+            "[[pre-stop.steps]]\nname = \"save-state\"\nplugin = \"{}\"\nallow.dirs = [{{ host = \"{data}\", guest = \"/data\" }}, {{ host = \"{snap}\", guest = \"/snapshots\", access = \"read-write\" }}]\nconfig = {{ source = \"/data\", destination = \"/snapshots\", keep = 1 }}\n",
+            plugin("save_state")
+        )
+    };
+    let restore = |snap: &str, into: &str| {
+        format!(
+            "[[post-start.steps]]\nname = \"restore-state\"\nplugin = \"{}\"\nallow.dirs = [{{ host = \"{snap}\", guest = \"/snapshots\" }}, {{ host = \"{into}\", guest = \"/restored\", access = \"read-write\" }}]\nconfig = {{ source = \"/snapshots\", destination = \"/restored\", required = true }}\n",
+            plugin("restore_state")
+        )
+    };
+    for dir in ["snap256", "snap1g", "native"] {
+        std::fs::create_dir_all(bench.join(dir))?;
+    }
+    std::fs::write(bench.join("save256.toml"), save("data256", "snap256"))?;
+    std::fs::write(
+        bench.join("restore256.toml"),
+        restore("snap256", "restored256"),
+    )?;
+    std::fs::write(bench.join("save1g.toml"), save("data1g", "snap1g"))?;
+    std::fs::write(
+        bench.join("restore1g.toml"),
+        restore("snap1g", "restored1g"),
+    )?;
     Ok(())
 }
 
@@ -448,4 +596,59 @@ fn machine() -> anyhow::Result<String> {
         "measured on: {model}, {cores} cores; {}",
         String::from_utf8_lossy(&hyperfine.stdout).trim()
     ))
+}
+
+/// Fills `dir` with one file per entry of `large` (of that size) and
+/// `small` files of `small_size`, from a fast generator (not zeros: a file
+/// system could store those sparsely).
+fn make_data(dir: &Path, large: &[usize], small: usize, small_size: usize) -> anyhow::Result<()> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir.join("small"))?;
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut fill = |len: usize| -> Vec<u8> {
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            out.extend_from_slice(&state.to_le_bytes());
+        }
+        out.truncate(len);
+        out
+    };
+    for (i, size) in large.iter().enumerate() {
+        std::fs::write(dir.join(format!("large-{i}.bin")), fill(*size))?;
+    }
+    for i in 0..small {
+        std::fs::write(
+            dir.join("small").join(format!("{i:04}.dat")),
+            fill(small_size),
+        )?;
+    }
+    Ok(())
+}
+
+/// Runs `command` (a `run --report json`) once; fails unless every step
+/// ended ok. Returns how long it took.
+fn run_once_ok(dir: &Path, command: &str) -> anyhow::Result<std::time::Duration> {
+    let started = std::time::Instant::now();
+    let out = Command::new("sh")
+        .args(["-c", command])
+        .current_dir(dir)
+        .env("LIFEHOOK_STATE_DIR", dir.join("state"))
+        .output()?;
+    let took = started.elapsed();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "{command}: no JSON report: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    let steps = report["steps"]
+        .as_array()
+        .context("no steps in the report")?;
+    if !out.status.success() || steps.iter().any(|s| s["outcome"] != "ok") {
+        bail!("{command} did not succeed under the default limits: {report:#}");
+    }
+    Ok(took)
 }

@@ -12,6 +12,7 @@
 //!   (see `bench.rs`).
 
 mod bench;
+mod serve_bench;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};

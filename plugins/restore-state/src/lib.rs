@@ -22,8 +22,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use lifehook_sdk::fs::{io_failure, random_u64};
-use lifehook_sdk::{Failure, Hook, Invocation, config, log};
-use lifehook_snapshot::{Manifest, SnapshotFile, list, read_verified, safe_relative};
+use lifehook_sdk::{Failure, Hook, Invocation, config, files, log};
+use lifehook_snapshot::{Manifest, SnapshotFile, hex, list, read_verified, safe_relative};
 
 struct RestoreState;
 
@@ -113,17 +113,21 @@ fn stage_and_move(
     let archive =
         File::open(&snapshot.path).map_err(|e| Problem::Corrupt(format!("cannot open: {e}")))?;
     let mut write_error: Option<Failure> = None;
-    let verified = read_verified(io::BufReader::new(archive), |relative, _size, reader| {
+    let verified = read_verified(archive, |relative, size, offset| {
+        // The runner copies and hashes the entry's bytes straight from the
+        // archive into the staged file (`files::copy`).
         let target = staging.join(relative);
-        let staged = (|| {
+        let staged = (|| -> io::Result<String> {
             if let Some(parent) = target.parent() {
                 fs::create_dir_all(parent)?;
             }
-            let mut file = File::create(&target)?;
-            io::copy(reader, &mut file)?;
-            file.sync_all()
+            File::create(&target)?;
+            let sha256 = files::copy(&snapshot.path, offset, size, &target, 0)?;
+            Ok(hex(&sha256))
         })();
-        if let Err(e) = &staged {
+        if let Err(e) = &staged
+            && e.kind() != io::ErrorKind::UnexpectedEof
+        {
             write_error.get_or_insert_with(|| io_failure("stage", &target, e));
         }
         staged
@@ -132,6 +136,8 @@ fn stage_and_move(
         return Err(Problem::Io(failure));
     }
     let manifest = verified.map_err(Problem::Corrupt)?;
+    // Every staged file durable in one flush, before any is moved into place.
+    files::sync(staging).map_err(|e| Problem::Io(io_failure("flush", staging, &e)))?;
     for f in &manifest.files {
         let Some(relative) = safe_relative(&f.path) else {
             return Err(Problem::Corrupt(format!(

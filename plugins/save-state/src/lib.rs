@@ -17,17 +17,17 @@
 //! - `upload-url`: also `PUT` the archive there (grant its origin in
 //!   `allow.http`); `upload-headers.<name>` adds headers.
 
-use std::fs::{self, File};
-use std::io::{self, Read};
+use std::fs;
+use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use glob::{MatchOptions, Pattern};
-use lifehook_sdk::fs::{io_failure, write_atomic};
+use lifehook_sdk::fs::{io_failure, write_atomic_via};
 use lifehook_sdk::http::{self, Method};
-use lifehook_sdk::{Failure, Hook, Invocation, config, log};
+use lifehook_sdk::{Failure, Hook, Invocation, config, files, log};
 use lifehook_snapshot::{
-    FileEntry, HashingReader, MANIFEST_NAME, Manifest, VERSION, file_name, list,
+    END, FileEntry, MANIFEST_NAME, Manifest, VERSION, entry_header, file_name, hex, list, padding,
 };
 
 struct SaveState;
@@ -64,40 +64,47 @@ impl Hook for SaveState {
             files: Vec::with_capacity(files.len()),
         };
         let mut total = 0u64;
-        write_atomic(&target, |out| {
-            let mut tar = tar::Builder::new(out);
+        let mtime = created_ms / 1000;
+        write_atomic_via(&target, |out, tmp| {
+            // Headers are written here; each file's data is copied and
+            // hashed by the runner (`files::copy`) straight into place.
+            let mut at = 0u64;
             for relative in &files {
                 let path = source.join(relative);
-                let file = File::open(&path)?;
-                let size = file.metadata()?.len();
-                let mut header = tar::Header::new_gnu();
-                header.set_size(size);
-                header.set_mode(0o644);
-                header.set_mtime(created_ms / 1000);
-                header.set_entry_type(tar::EntryType::Regular);
-                let mut reader = HashingReader::new(file.take(size));
-                tar.append_data(&mut header, relative, &mut reader)?;
-                let (count, sha256) = reader.finish();
-                if count != size {
-                    return Err(io::Error::other(format!(
-                        "{} shrank from {size} to {count} bytes while being saved",
-                        path.display()
-                    )));
-                }
+                let size = fs::metadata(&path)?.len();
+                let header = entry_header(relative, size, mtime)?;
+                out.write_all(&header)?;
+                at += header.len() as u64;
+                let sha256 = files::copy(&path, 0, size, tmp, at).map_err(|e| {
+                    if e.kind() == io::ErrorKind::UnexpectedEof {
+                        io::Error::other(format!(
+                            "{} shrank below {size} bytes while being saved",
+                            path.display()
+                        ))
+                    } else {
+                        e
+                    }
+                })?;
+                at += size;
+                out.seek(SeekFrom::Start(at))?;
+                out.write_all(padding(size))?;
+                at += padding(size).len() as u64;
                 total += size;
                 manifest.files.push(FileEntry {
                     path: relative.to_string_lossy().replace('\\', "/"),
                     size,
-                    sha256,
+                    sha256: hex(&sha256),
                 });
             }
             let json = serde_json::to_vec_pretty(&manifest).map_err(io::Error::other)?;
-            let mut header = tar::Header::new_gnu();
-            header.set_size(json.len() as u64);
-            header.set_mode(0o644);
-            header.set_mtime(created_ms / 1000);
-            tar.append_data(&mut header, MANIFEST_NAME, json.as_slice())?;
-            tar.into_inner()?;
+            out.write_all(&entry_header(
+                Path::new(MANIFEST_NAME),
+                json.len() as u64,
+                mtime,
+            )?)?;
+            out.write_all(&json)?;
+            out.write_all(padding(json.len() as u64))?;
+            out.write_all(&END)?;
             Ok(())
         })
         .map_err(|e| io_failure("write snapshot", &target, &e))?;

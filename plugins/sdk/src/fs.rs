@@ -12,10 +12,19 @@ use crate::Failure;
 /// Writes `path` atomically with what `fill` writes. On any error the
 /// temporary file is removed and `path` is untouched.
 pub fn write_atomic(path: &Path, fill: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
+    write_atomic_via(path, |file, _| fill(file))
+}
+
+/// Like [`write_atomic`], and `fill` also gets the temporary file's path
+/// (to copy into it with [`crate::files::copy`]).
+pub fn write_atomic_via(
+    path: &Path,
+    fill: impl FnOnce(&mut File, &Path) -> io::Result<()>,
+) -> io::Result<()> {
     let tmp = temp_path(path);
     let result = (|| {
         let mut file = File::create_new(&tmp)?;
-        fill(&mut file)?;
+        fill(&mut file, &tmp)?;
         file.flush()?;
         file.sync_all()?;
         drop(file);

@@ -23,6 +23,7 @@
 
 pub mod config;
 pub mod env;
+pub mod files;
 pub mod fs;
 #[cfg(feature = "http")]
 pub mod http;
@@ -50,7 +51,7 @@ pub use bindings::lifehook::hook::types::{Failure, Invocation, Phase};
 pub use bindings::export;
 
 /// Time this attempt has left now, as the runner counts it
-/// (`lifehook:hook/deadline`, contract 0.1.1).
+/// (`lifehook:hook/deadline`, contract 0.1.1 and later).
 pub fn time_left_now() -> std::time::Duration {
     std::time::Duration::from_millis(bindings::lifehook::hook::deadline::time_left_ms())
 }

@@ -8,11 +8,10 @@
 //! every entry exactly: nothing missing, nothing extra, every digest equal.
 
 use std::collections::BTreeMap;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek};
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 /// The name of the manifest entry, always last in the archive.
 pub const MANIFEST_NAME: &str = "lifehook-manifest.json";
@@ -83,37 +82,30 @@ pub fn hex(digest: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A reader that hashes and counts what passes through it.
-pub struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
-    count: u64,
+/// The bytes that precede a file's data in the archive: its tar header,
+/// after a GNU long-name entry when the path needs one. The data follows,
+/// then [`padding`].
+pub fn entry_header(path: &Path, size: u64, mtime_s: u64) -> io::Result<Vec<u8>> {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(size);
+    header.set_mode(0o644);
+    header.set_mtime(mtime_s);
+    header.set_entry_type(tar::EntryType::Regular);
+    let mut builder = tar::Builder::new(Vec::new());
+    // An empty reader: only the header (and long-name entry) is written.
+    builder.append_data(&mut header, path, io::empty())?;
+    Ok(builder.get_ref().clone())
 }
 
-impl<R: Read> HashingReader<R> {
-    /// Wraps `inner`.
-    pub fn new(inner: R) -> Self {
-        HashingReader {
-            inner,
-            hasher: Sha256::new(),
-            count: 0,
-        }
-    }
-
-    /// Bytes read and their SHA-256 (hex).
-    pub fn finish(self) -> (u64, String) {
-        (self.count, hex(&self.hasher.finalize()))
-    }
+/// The zeros that pad `size` bytes of data to a whole 512-byte block.
+pub fn padding(size: u64) -> &'static [u8] {
+    static ZEROS: [u8; 512] = [0; 512];
+    let rest = (size % 512) as usize;
+    &ZEROS[..(512 - rest) % 512]
 }
 
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-}
+/// What ends an archive: two zero blocks.
+pub const END: [u8; 1024] = [0; 1024];
 
 /// Checks that a relative archive path stays inside the directory it is
 /// restored into (no `..`, no absolute path, no empty path).
@@ -131,18 +123,20 @@ pub fn safe_relative(path: &str) -> Option<PathBuf> {
 }
 
 /// Reads a whole snapshot and checks it against its manifest, calling
-/// `visit(path, size, reader)` for each file entry as it streams by (use it
-/// to stage the file; it must read the reader to the end). Returns the
-/// manifest when the snapshot is good, or why it is not.
+/// `visit(path, size, data_offset)` for each file entry (use it to stage
+/// the file: copy `size` bytes from `data_offset` of the archive); it
+/// returns the SHA-256 (hex) of what it copied, and an
+/// [`io::ErrorKind::UnexpectedEof`] error when the archive held fewer
+/// bytes. Returns the manifest when the snapshot is good, or why it is not.
 pub fn read_verified(
-    archive: impl Read,
-    mut visit: impl FnMut(&Path, u64, &mut dyn Read) -> io::Result<()>,
+    archive: impl Read + Seek,
+    mut visit: impl FnMut(&Path, u64, u64) -> io::Result<String>,
 ) -> Result<Manifest, String> {
     let mut tar = tar::Archive::new(archive);
     let mut seen: BTreeMap<String, (u64, String)> = BTreeMap::new();
     let mut manifest: Option<Manifest> = None;
     let entries = tar
-        .entries()
+        .entries_with_seek()
         .map_err(|e| format!("not a readable tar archive: {e}"))?;
     for entry in entries {
         let entry = entry.map_err(|e| format!("damaged archive: {e}"))?;
@@ -175,17 +169,13 @@ pub fn read_verified(
             .header()
             .size()
             .map_err(|e| format!("entry `{path}`: {e}"))?;
-        let mut reader = HashingReader::new(entry);
-        visit(&relative, size, &mut reader).map_err(|e| format!("entry `{path}`: {e}"))?;
-        // Drain whatever `visit` left, so the digest covers the whole entry.
-        io::copy(&mut reader, &mut io::sink())
-            .map_err(|e| format!("damaged entry `{path}`: {e}"))?;
-        let (count, digest) = reader.finish();
-        if count != size {
-            return Err(format!(
-                "entry `{path}` is truncated ({count} of {size} bytes)"
-            ));
-        }
+        let digest = visit(&relative, size, entry.raw_file_position()).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                format!("entry `{path}` is truncated (fewer than its {size} bytes)")
+            } else {
+                format!("entry `{path}`: {e}")
+            }
+        })?;
         if seen.insert(path.clone(), (size, digest)).is_some() {
             return Err(format!("entry `{path}` appears twice"));
         }
@@ -233,6 +223,7 @@ pub fn read_verified(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest as _, Sha256};
 
     #[test]
     fn paths_cannot_escape() {
@@ -241,6 +232,99 @@ mod tests {
         assert_eq!(safe_relative("../etc/passwd"), None);
         assert_eq!(safe_relative("/etc/passwd"), None);
         assert_eq!(safe_relative(""), None);
+    }
+
+    /// Writes an archive the way save-state does, with std copying the
+    /// data the runner copies.
+    fn archive(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut manifest = Manifest {
+            version: VERSION,
+            created_ms: 1_700_000_000_000,
+            files: Vec::new(),
+        };
+        for (path, data) in files {
+            out.extend(
+                entry_header(Path::new(path), data.len() as u64, 1_700_000_000).expect("header"),
+            );
+            out.extend(data);
+            out.extend(padding(data.len() as u64));
+            manifest.files.push(FileEntry {
+                path: (*path).to_owned(),
+                size: data.len() as u64,
+                sha256: hex(&Sha256::digest(data)),
+            });
+        }
+        let json = serde_json::to_vec(&manifest).expect("json");
+        out.extend(entry_header(Path::new(MANIFEST_NAME), json.len() as u64, 0).expect("header"));
+        out.extend(&json);
+        out.extend(padding(json.len() as u64));
+        out.extend(END);
+        out
+    }
+
+    fn copy_and_hash(archive: &[u8], offset: u64, size: u64) -> io::Result<String> {
+        let start = offset as usize;
+        let data = archive
+            .get(start..start + size as usize)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        Ok(hex(&Sha256::digest(data)))
+    }
+
+    #[test]
+    fn an_archive_written_in_pieces_is_a_tar_that_verifies() {
+        let long = format!("{}/deep.bin", "d".repeat(120));
+        let files = [
+            ("a.txt", b"hello".to_vec()),
+            ("empty", Vec::new()),
+            ("block", vec![7u8; 512]),
+            (long.as_str(), vec![1u8; 1000]),
+        ];
+        let bytes = archive(&files);
+        // Any tar reader lists it, long name included.
+        let mut listed = Vec::new();
+        let mut tar = tar::Archive::new(bytes.as_slice());
+        for entry in tar.entries().expect("entries") {
+            let mut entry = entry.expect("entry");
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).expect("data");
+            listed.push((
+                entry.path().expect("path").to_string_lossy().into_owned(),
+                data.len(),
+            ));
+        }
+        assert_eq!(listed.len(), 5);
+        assert_eq!(listed[3], (long.clone(), 1000));
+        let manifest = read_verified(io::Cursor::new(bytes.clone()), |_, size, offset| {
+            copy_and_hash(&bytes, offset, size)
+        })
+        .expect("verifies");
+        assert_eq!(manifest.files.len(), 4);
+    }
+
+    #[test]
+    fn a_changed_or_truncated_archive_does_not_verify() {
+        let bytes = archive(&[("a.txt", b"hello".to_vec())]);
+        let mut changed = bytes.clone();
+        let at = changed
+            .windows(5)
+            .position(|w| w == b"hello")
+            .expect("data");
+        changed[at] = b'j';
+        let err = read_verified(io::Cursor::new(changed.clone()), |_, size, offset| {
+            copy_and_hash(&changed, offset, size)
+        })
+        .unwrap_err();
+        assert!(err.contains("does not match its SHA-256"), "{err}");
+        let cut = &bytes[..at + 2];
+        let err = read_verified(io::Cursor::new(cut.to_vec()), |_, size, offset| {
+            copy_and_hash(cut, offset, size)
+        })
+        .unwrap_err();
+        assert!(
+            err.contains("truncated") || err.contains("missing"),
+            "{err}"
+        );
     }
 
     #[test]

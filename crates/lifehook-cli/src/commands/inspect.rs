@@ -34,7 +34,7 @@ pub struct Inspect {
 }
 
 /// The contract this lifehook implements.
-const CONTRACT: &str = "lifehook:hook@0.1.1";
+const CONTRACT: &str = "lifehook:hook@0.1.2";
 /// The newest WASI 0.2 release this lifehook's wasmtime provides.
 const WASI_PATCH: u64 = 12;
 
@@ -191,7 +191,7 @@ fn grant_of(import: &str) -> Option<&'static str> {
         Some("allow.http")
     } else if name.starts_with("wasi:sockets/") {
         Some("allow.tcp")
-    } else if name.starts_with("wasi:filesystem/") {
+    } else if name.starts_with("wasi:filesystem/") || name == "lifehook:hook/files" {
         Some("allow.dirs")
     } else if name == "wasi:cli/environment" {
         Some("allow.env")
@@ -232,7 +232,7 @@ fn unsupported(import: &str) -> Option<String> {
         ],
         "wasi:http" => &["types", "outgoing-handler"],
         "wasi:config" => &["store"],
-        "lifehook:hook" => &["types", "log", "deadline"],
+        "lifehook:hook" => &["types", "log", "deadline", "files"],
         _ => &[],
     };
     if !provided.contains(&interface) {
@@ -242,7 +242,7 @@ fn unsupported(import: &str) -> Option<String> {
     }
     let wanted = match package {
         "wasi:config" => version == "0.2.0-rc.1",
-        "lifehook:hook" => matches!(version, "0.1.0" | "0.1.1"),
+        "lifehook:hook" => matches!(version, "0.1.0" | "0.1.1" | "0.1.2"),
         _ => version
             .strip_prefix("0.2.")
             .and_then(|patch| patch.parse::<u64>().ok())
@@ -251,7 +251,7 @@ fn unsupported(import: &str) -> Option<String> {
     (!wanted).then(|| {
         let have = match package {
             "wasi:config" => "0.2.0-rc.1".to_owned(),
-            "lifehook:hook" => "0.1.0 and 0.1.1".to_owned(),
+            "lifehook:hook" => "0.1.0 to 0.1.2".to_owned(),
             _ => format!("0.2.0 to 0.2.{WASI_PATCH}"),
         };
         format!("it imports {import}, but this lifehook provides {package} {have}")
