@@ -456,7 +456,7 @@ impl Resolver<'_> {
 
     fn defaults(&mut self, raw: &RawDefaults) -> Defaults {
         let max_concurrency = match &raw.max_concurrency {
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            None => cpu_count(),
             Some(n) if (1..=MAX_CONCURRENCY).contains(n.get_ref()) => *n.get_ref() as usize,
             Some(n) => {
                 self.problem(
@@ -1057,6 +1057,13 @@ fn is_step_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// The CPUs this process may use, asked once: the answer reads cgroup files,
+/// a noticeable part of a one-step run's start-up.
+fn cpu_count() -> usize {
+    static COUNT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *COUNT.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 #[cfg(test)]

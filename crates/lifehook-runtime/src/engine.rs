@@ -44,7 +44,7 @@ impl Runtime {
     /// Builds the engine, links WASI (p2), `wasi:http`, `wasi:config` and
     /// `lifehook:hook/log`, and starts the epoch ticker thread.
     pub fn new() -> anyhow::Result<Runtime> {
-        let engine = Engine::new(&engine_config())?;
+        let engine = Engine::new(&shipped_config()?)?;
         let linker = Arc::new(build_linker(&engine)?);
         start_epoch_ticker(&engine);
         Ok(Runtime {
@@ -98,9 +98,7 @@ impl Runtime {
     /// features, so `run`'s own engine loads these artifacts.
     #[cfg(feature = "compiler")]
     pub fn for_precompiling() -> anyhow::Result<Runtime> {
-        let mut config = engine_config();
-        config.target(&target_lexicon::Triple::host().to_string())?;
-        let engine = Engine::new(&config)?;
+        let engine = Engine::new(&shipped_config()?)?;
         let linker = Arc::new(build_linker(&engine)?);
         Ok(Runtime {
             engine,
@@ -124,6 +122,18 @@ impl Runtime {
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
+}
+
+/// The settings of the engine that runs `lifehook compile`'s artifacts and
+/// of the one that writes them: [`engine_config`] for the baseline of this
+/// architecture (no CPU feature detection), so artifacts load on any CPU of
+/// it. Naming the target also spares every run detecting the CPU's
+/// features for a compiler it does not use (the baseline compiler, which
+/// compiles at run time, has an engine of its own).
+fn shipped_config() -> anyhow::Result<Config> {
+    let mut config = engine_config();
+    config.target(&target_lexicon::Triple::host().to_string())?;
+    Ok(config)
 }
 
 /// The engine settings. Fuel and epoch interruption are compiled into the

@@ -127,10 +127,14 @@ pub fn median_latency(addr: SocketAddr, method: &str, path: &str, n: usize) -> a
     let mut times = Vec::with_capacity(n);
     for _ in 0..n {
         let started = Instant::now();
-        let (status, _) = c.request(method, path)?;
+        let (status, run) = c.request(method, path)?;
         times.push(started.elapsed().as_secs_f64() * 1e3);
         if status != 200 {
             bail!("{path} answered {status}");
+        }
+        // A trigger must have run the phase, not returned an earlier report.
+        if path.starts_with("/pre-stop") && run != "new" {
+            bail!("{path} did not start a run (lifehook-run: {run:?})");
         }
     }
     times.sort_by(f64::total_cmp);
