@@ -172,11 +172,9 @@ pub fn run(args: &[String]) -> anyhow::Result<u8> {
         &bench,
         &format!("{lifehook} run --force --report json -f save1g.toml --cache cache"),
     )?;
-    crate::run(
-        Command::new("sh")
-            .args(["-c", "rm -rf restored1g && mkdir restored1g"])
-            .current_dir(&bench),
-    )?;
+    let restored1g = bench.join("restored1g");
+    let _ = std::fs::remove_dir_all(&restored1g);
+    std::fs::create_dir_all(&restored1g)?;
     let big_restore = run_once_ok(
         &bench,
         &format!(
@@ -221,8 +219,8 @@ pub fn run(args: &[String]) -> anyhow::Result<u8> {
             Command::new(&full)
                 .args(["run", "--force", "-f"])
                 .arg(bench.join(format!("one-{name}.toml")))
-                .args(["--cache", "baseline-cache"])
-                .current_dir(&bench)
+                .arg("--cache")
+                .arg(bench.join("baseline-cache"))
                 .env("LIFEHOOK_STATE_DIR", bench.join("state")),
         )?;
         let cached = format!("{lifehook} run --force -f one-{name}.toml --cache baseline-cache");
@@ -743,7 +741,14 @@ fn peak_rss(dir: &Path, runs: usize, prepare: &str, command: &str) -> anyhow::Re
     let xtask = std::env::current_exe()?;
     let mut peak = 0;
     for _ in 0..runs {
-        crate::run(Command::new("sh").args(["-c", prepare]).current_dir(dir))?;
+        // In `dir` (`crate::run` would run it in the repository root).
+        let prepared = Command::new("sh")
+            .args(["-c", prepare])
+            .current_dir(dir)
+            .status()?;
+        if !prepared.success() {
+            bail!("{prepare} failed with {prepared}");
+        }
         let out = Command::new(&xtask)
             .args(["bench", "rss", "sh", "-c", &format!("exec {command}")])
             .current_dir(dir)
