@@ -203,6 +203,21 @@ fn runtime_only_build_runs_precompiled_plugins() {
         compile.stderr
     );
 
+    // It inspects plugins without the WIT decoder: what it imports and
+    // exports, and whether it runs, but no WIT text.
+    let inspected = runtime_only(&["inspect", "p.wasm"]);
+    assert_eq!(inspected.code, 0, "{}", inspected.stderr);
+    for line in ["runs:     yes", "imports:\n", "exports:\n  run"] {
+        assert!(inspected.stdout.contains(line), "{}", inspected.stdout);
+    }
+    assert!(!inspected.stdout.contains("wit:"), "{}", inspected.stdout);
+    assert!(
+        s.lifehook(&["inspect", "p.wasm"])
+            .stdout
+            .contains("\nwit:\n"),
+        "the full build prints the WIT text"
+    );
+
     // An OCI plugin pulled and compiled by the full build runs in the
     // runtime-only one, with the registry gone; one it would have to pull
     // is refused by name.

@@ -1,6 +1,7 @@
 //! `lifehook serve` over real HTTP: both phases, joins, repeats, the token,
-//! refusing a public address without one, bad requests, and a sidecar-style
-//! run whose grants point at a directory shared with the application.
+//! refusing a public address without one, bad requests, the connection cap
+//! and a silent client, and a sidecar-style run whose grants point at a
+//! directory shared with the application.
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
@@ -184,6 +185,49 @@ fn concurrent_triggers_join_one_run_and_later_ones_get_the_repeat() {
     assert_eq!(backend.requests().len(), 1);
     assert_eq!(server.get("/pre-stop?force=1", "").run_kind(), "new");
     assert_eq!(backend.requests().len(), 2);
+}
+
+#[test]
+fn connections_are_capped_and_a_silent_client_is_cut_off() {
+    let (s, backend) = (Sandbox::new(), TestServer::start());
+    s.pipeline(&notify_pipeline(&backend, "/ok"));
+    let server = Server::start(&s, &["--max-connections", "1"]);
+    // Holds the only slot without ever sending a request.
+    let mut silent = TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+    std::thread::sleep(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let mut waiting = TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+    waiting
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .expect("send");
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let mut first = [0u8; 1];
+    assert!(
+        waiting.read(&mut first).is_err(),
+        "a second connection was served while the only slot was held"
+    );
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut text = String::new();
+    waiting.read_to_string(&mut text).expect("read");
+    let waited = started.elapsed();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        (Duration::from_secs(4)..Duration::from_secs(15)).contains(&waited),
+        "served after {waited:?}: the silent client should be cut off after 5 s"
+    );
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut rest = Vec::new();
+    assert!(
+        silent.read_to_end(&mut rest).is_ok(),
+        "the silent client's connection was closed by the server"
+    );
+    assert_eq!(backend.requests().len(), 0);
 }
 
 #[test]

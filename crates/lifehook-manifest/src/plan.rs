@@ -341,7 +341,9 @@ struct Defaults {
     max_http: u32,
     on_failure: OnFailure,
     retry: RetryPolicy,
-    max_concurrency: usize,
+    /// `None`: the number of CPUs, asked only when more than one step
+    /// could run at once.
+    max_concurrency: Option<usize>,
 }
 
 /// Collects diagnostics while resolving one file.
@@ -456,8 +458,8 @@ impl Resolver<'_> {
 
     fn defaults(&mut self, raw: &RawDefaults) -> Defaults {
         let max_concurrency = match &raw.max_concurrency {
-            None => cpu_count(),
-            Some(n) if (1..=MAX_CONCURRENCY).contains(n.get_ref()) => *n.get_ref() as usize,
+            None => None,
+            Some(n) if (1..=MAX_CONCURRENCY).contains(n.get_ref()) => Some(*n.get_ref() as usize),
             Some(n) => {
                 self.problem(
                     n,
@@ -467,7 +469,7 @@ impl Resolver<'_> {
                     ),
                     Some("1 runs one step at a time; the default is the number of CPUs".into()),
                 );
-                1
+                Some(1)
             }
         };
         Defaults {
@@ -599,7 +601,11 @@ impl Resolver<'_> {
             deadline,
             grace_period,
             reserve,
-            max_concurrency: defaults.max_concurrency,
+            max_concurrency: match (defaults.max_concurrency, steps.len()) {
+                (Some(n), _) => n,
+                (None, 0 | 1) => 1,
+                (None, _) => cpu_count(),
+            },
             steps,
         };
         let graph_ok = self.graph(&mut phase, &spans);

@@ -259,6 +259,7 @@ fn unsupported(import: &str) -> Option<String> {
 }
 
 /// The component's world as WIT text, when it decodes.
+#[cfg(feature = "wit-text")]
 fn wit_of(bytes: &[u8]) -> Option<String> {
     let decoded = wit_component::decode(bytes).ok()?;
     let resolve = decoded.resolve();
@@ -266,6 +267,13 @@ fn wit_of(bytes: &[u8]) -> Option<String> {
     let mut printer = wit_component::WitPrinter::default();
     printer.print(resolve, package, &[]).ok()?;
     Some(printer.output.to_string())
+}
+
+/// A build without the WIT decoder (the runtime-only binary) reports the
+/// imports and exports only.
+#[cfg(not(feature = "wit-text"))]
+fn wit_of(_: &[u8]) -> Option<String> {
+    None
 }
 
 impl Report {

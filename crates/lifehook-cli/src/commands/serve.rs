@@ -78,8 +78,9 @@ pub struct Serve {
     #[arg(long, value_name = "NAME")]
     token_env: Option<String>,
 
-    /// Most connections served at once; more wait to be accepted.
-    #[arg(long, value_name = "N", default_value_t = 64)]
+    /// Most connections served at once; more wait to be accepted. A client
+    /// that sends no request for 5 s is disconnected and frees its slot.
+    #[arg(long, value_name = "N", default_value_t = 256)]
     max_connections: usize,
 }
 
