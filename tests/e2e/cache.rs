@@ -153,6 +153,30 @@ fn garbage_artifact_is_ignored_with_a_warning() {
 }
 
 #[test]
+fn compile_removes_writes_a_killed_process_left_behind() {
+    let s = sandbox_with_plugin();
+    std::fs::create_dir_all(s.path("cache")).expect("cache dir");
+    s.write("cache/.tmpOLD123", "half an artifact");
+    s.write("cache/.tmpNEW456", "an artifact being written");
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(s.path("cache/.tmpOLD123"))
+        .and_then(|f| f.set_modified(hour_ago))
+        .expect("age the file");
+    assert_eq!(s.lifehook(&["compile", "--cache", "cache"]).code, 0);
+    assert!(
+        !s.path("cache/.tmpOLD123").exists(),
+        "an hour-old temporary file is left from a killed write"
+    );
+    assert!(
+        s.path("cache/.tmpNEW456").exists(),
+        "a fresh one may be another process's write in progress"
+    );
+    assert_eq!(artifacts(&s).len(), 1);
+}
+
+#[test]
 fn compile_reports_unusable_plugins() {
     let s = Sandbox::new();
     s.pipeline("[[pre-stop.steps]]\nname = \"o\"\nplugin = \"@other\"\n");

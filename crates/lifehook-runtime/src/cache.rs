@@ -6,6 +6,10 @@
 //! a *baseline artifact* (`<stem>-<hash>.baseline.cwasm`) for the next run,
 //! until `compile` replaces it.
 //!
+//! Artifacts are written to a temporary file and renamed, so a killed
+//! process leaves no half artifact, only a `.tmp*` file; `compile` removes
+//! those older than ten minutes.
+//!
 //! An artifact is named after the plugin's content, so a changed plugin never
 //! picks up a stale artifact: `<dir>/<plugin stem>-<xxh3-128 of the plugin>.cwasm`.
 //! Its last 40 bytes are a trailer: a checksum of everything before it, the
@@ -275,7 +279,8 @@ impl ArtifactCache {
         })
     }
 
-    /// Removes artifacts of earlier versions of `plugin`.
+    /// Removes artifacts of earlier versions of `plugin`, and temporary
+    /// files of writes that never finished.
     #[cfg(feature = "compiler")]
     fn remove_stale(&self, plugin: &Path, keep: &Path) {
         let Some(stem) = plugin.file_stem().map(|s| s.to_string_lossy().into_owned()) else {
@@ -297,11 +302,26 @@ impl ArtifactCache {
                 .is_some_and(|hash| {
                     hash.len() == 32 && hash.bytes().all(|b| b.is_ascii_hexdigit())
                 });
-            if is_old && path != keep {
+            if (is_old && path != keep) || is_abandoned_write(&entry) {
                 let _ = fs::remove_file(&path);
             }
         }
     }
+}
+
+/// A temporary file of [`write_artifact`] that a killed process left
+/// behind: one still being written is seconds old (the code is compiled
+/// before the file is made).
+#[cfg(feature = "compiler")]
+fn is_abandoned_write(entry: &fs::DirEntry) -> bool {
+    const ABANDONED_AFTER: Duration = Duration::from_secs(600);
+    entry.file_name().to_string_lossy().starts_with(".tmp")
+        && entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > ABANDONED_AFTER)
 }
 
 /// Writes an artifact of `code` atomically (a temporary file in `dir`,
