@@ -138,11 +138,13 @@ pub fn run(args: &[String]) -> anyhow::Result<u8> {
     let b = hyperfine(&bench, many_runs, None, &[&noop1, "sh -c true"])?;
     let c = hyperfine(&bench, many_runs, None, &[&noop10, &noop1])?;
     let cold_runs = if quick { "3" } else { "10" };
+    // No cache at all: the baseline artifacts a run leaves are removed
+    // before the next.
     let uncached = format!("{lifehook} run --force -f prestop.toml --cache no-cache");
     let d = hyperfine(
         &bench,
         cold_runs,
-        Some(&refill_lock),
+        Some(&format!("rm -rf no-cache && {refill_lock}")),
         &[&uncached, &prestop],
     )?;
     let compile_all = format!("{lifehook} compile -f all-samples.toml --cache cold-cache");
