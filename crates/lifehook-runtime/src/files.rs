@@ -292,6 +292,35 @@ fn copy(
 ) -> Result<Vec<u8>, Error> {
     let input = open(from, false, source)?;
     let output = open(to, true, destination)?;
+    hash_chunks(&input, offset, length, cancelled, source, |chunk, done| {
+        output
+            .write_all_at(chunk, at + done)
+            .map_err(|e| io_error(&e, destination))
+    })
+}
+
+fn digest(
+    from: &Resolved,
+    offset: u64,
+    length: u64,
+    cancelled: &AtomicBool,
+    name: &str,
+) -> Result<Vec<u8>, Error> {
+    let input = open(from, false, name)?;
+    hash_chunks(&input, offset, length, cancelled, name, |_, _| Ok(()))
+}
+
+/// Reads `length` bytes of `input` from `offset` in chunks, hands each to
+/// `each` with its offset from the start, and returns their SHA-256;
+/// stops between chunks once `cancelled` is set.
+fn hash_chunks(
+    input: &std::fs::File,
+    offset: u64,
+    length: u64,
+    cancelled: &AtomicBool,
+    name: &str,
+    mut each: impl FnMut(&[u8], u64) -> Result<(), Error>,
+) -> Result<Vec<u8>, Error> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; usize::try_from(CHUNK.min(length)).unwrap_or(0)];
     let mut done = 0u64;
@@ -304,37 +333,9 @@ fn copy(
         }
         let n = usize::try_from(CHUNK.min(length - done)).unwrap_or(buf.len());
         let chunk = &mut buf[..n];
-        read_exact_at(&input, chunk, offset + done, source, length)?;
+        read_exact_at(input, chunk, offset + done, name, length)?;
         hasher.update(&*chunk);
-        output
-            .write_all_at(chunk, at + done)
-            .map_err(|e| io_error(&e, destination))?;
-        done += n as u64;
-    }
-    Ok(hasher.finalize().to_vec())
-}
-
-fn digest(
-    from: &Resolved,
-    offset: u64,
-    length: u64,
-    cancelled: &AtomicBool,
-    name: &str,
-) -> Result<Vec<u8>, Error> {
-    let input = open(from, false, name)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; usize::try_from(CHUNK.min(length)).unwrap_or(0)];
-    let mut done = 0u64;
-    while done < length {
-        if cancelled.load(Ordering::Relaxed) {
-            return Err(error(
-                ErrorKind::Other,
-                "stopped: the attempt's deadline passed",
-            ));
-        }
-        let n = usize::try_from(CHUNK.min(length - done)).unwrap_or(buf.len());
-        read_exact_at(&input, &mut buf[..n], offset + done, name, length)?;
-        hasher.update(&buf[..n]);
+        each(chunk, done)?;
         done += n as u64;
     }
     Ok(hasher.finalize().to_vec())

@@ -97,6 +97,24 @@ fn docker_config_auth(file: &std::path::Path, registry: &str) -> Option<Registry
     Some(RegistryAuth::Basic(user.to_owned(), password.to_owned()))
 }
 
+/// A client for `r`'s registry, signed in for `operation` with the
+/// credentials [`auth_for`] finds; `fail` words a refusal.
+async fn signed_in(
+    r: &OciReference,
+    registries: &Registries,
+    operation: RegistryOperation,
+    fail: impl Fn(String) -> SourceError,
+) -> Result<(Client, Reference, RegistryAuth), SourceError> {
+    let image = reference(r)?;
+    let auth = auth_for(&r.registry);
+    let client = client(registries);
+    client
+        .auth(&image, &auth, operation)
+        .await
+        .map_err(|e| fail(describe(&e, &r.registry)))?;
+    Ok((client, image, auth))
+}
+
 /// The largest plugin a pull accepts (a Python component is ~20 MB).
 pub const MAX_PLUGIN_BYTES: u64 = 256 << 20;
 
@@ -112,13 +130,7 @@ pub async fn pull(
         reference: r.to_string(),
         message,
     };
-    let image = reference(r)?;
-    let auth = auth_for(&r.registry);
-    let client = client(registries);
-    client
-        .auth(&image, &auth, RegistryOperation::Pull)
-        .await
-        .map_err(|e| fail(describe(&e, &r.registry)))?;
+    let (client, image, auth) = signed_in(r, registries, RegistryOperation::Pull, &fail).await?;
     let (manifest, digest, _config) = client
         .pull_manifest_and_config(&image, &auth)
         .await
@@ -214,13 +226,7 @@ pub async fn push(
         reference: r.to_string(),
         message,
     };
-    let image = reference(r)?;
-    let auth = auth_for(&r.registry);
-    let client = client(registries);
-    client
-        .auth(&image, &auth, RegistryOperation::Push)
-        .await
-        .map_err(|e| fail(describe(&e, &r.registry)))?;
+    let (client, image, auth) = signed_in(r, registries, RegistryOperation::Push, &fail).await?;
     let layer = ImageLayer::new(component, WASM_MEDIA_TYPE.to_owned(), None);
     let config = Config::new(config, CONFIG_MEDIA_TYPE.to_owned(), None);
     client
