@@ -1,6 +1,6 @@
 //! `lifehook serve` over real HTTP: both phases, joins, repeats, the token,
-//! refusing a public address without one, bad requests, the connection cap
-//! and a silent client, and a sidecar-style run whose grants point at a
+//! refusing a public address without one, bad requests, the connection cap,
+//! silent clients and a starvation attack, stopping, and a sidecar-style run whose grants point at a
 //! directory shared with the application.
 
 use std::io::{Read as _, Write as _};
@@ -61,7 +61,9 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        send_signal(self.child.id(), libc::SIGTERM);
+        if matches!(self.child.try_wait(), Ok(None)) {
+            send_signal(self.child.id(), libc::SIGTERM);
+        }
         let _ = self.child.wait();
     }
 }
@@ -188,46 +190,206 @@ fn concurrent_triggers_join_one_run_and_later_ones_get_the_repeat() {
 }
 
 #[test]
-fn connections_are_capped_and_a_silent_client_is_cut_off() {
+fn a_silent_client_is_cut_off_and_gives_its_slot_to_a_newer_one() {
     let (s, backend) = (Sandbox::new(), TestServer::start());
     s.pipeline(&notify_pipeline(&backend, "/ok"));
     let server = Server::start(&s, &["--max-connections", "1"]);
     // Holds the only slot without ever sending a request.
     let mut silent = TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
     std::thread::sleep(Duration::from_millis(300));
+    // A newer connection takes the slot at once; the silent one is closed.
     let started = std::time::Instant::now();
-    let mut waiting = TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
-    waiting
-        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-        .expect("send");
-    waiting
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .expect("timeout");
-    let mut first = [0u8; 1];
+    let health = server.get("/healthz", "");
+    assert_eq!(health.status, 200, "{}", health.body);
     assert!(
-        waiting.read(&mut first).is_err(),
-        "a second connection was served while the only slot was held"
-    );
-    waiting
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    let mut text = String::new();
-    waiting.read_to_string(&mut text).expect("read");
-    let waited = started.elapsed();
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    assert!(
-        (Duration::from_secs(4)..Duration::from_secs(15)).contains(&waited),
-        "served after {waited:?}: the silent client should be cut off after 5 s"
+        started.elapsed() < Duration::from_secs(2),
+        "served after {:?} while a silent client held the only slot",
+        started.elapsed()
     );
     silent
-        .set_read_timeout(Some(Duration::from_secs(5)))
+        .set_read_timeout(Some(Duration::from_secs(2)))
         .expect("timeout");
     let mut rest = Vec::new();
     assert!(
-        silent.read_to_end(&mut rest).is_ok(),
+        matches!(silent.read_to_end(&mut rest), Ok(0)),
         "the silent client's connection was closed by the server"
     );
+    // Alone, a silent client is still cut off after the 5 s header timeout.
+    let started = std::time::Instant::now();
+    let mut alone = TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+    alone
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut rest = Vec::new();
+    let _ = alone.read_to_end(&mut rest);
+    let waited = started.elapsed();
+    assert!(
+        (Duration::from_secs(4)..Duration::from_secs(15)).contains(&waited),
+        "a lone silent client was closed after {waited:?}, not after 5 s"
+    );
     assert_eq!(backend.requests().len(), 0);
+}
+
+/// The starvation attack: every slot held by peers that send an
+/// unauthenticated `GET /healthz` every 0.5 s over keep-alive (reconnecting
+/// when closed), and as many again that connect and send nothing. An
+/// authenticated trigger must still be answered within ~100 ms of its run.
+#[test]
+fn neither_health_checks_nor_idle_peers_starve_an_authenticated_trigger() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let s = Sandbox::new();
+    s.pipeline(
+        "[pre-stop]\n[[pre-stop.steps]]\nname = \"quick\"\nplugin = \"@hook\"\nconfig = { mode = \"ok\" }\n",
+    );
+    let token = "s3cret-token-0123456789";
+    s.write("token", format!("{token}\n"));
+    let cap = 8;
+    let server = Server::start(
+        &s,
+        &[
+            "--token-file",
+            "token",
+            "--max-connections",
+            &cap.to_string(),
+        ],
+    );
+    let port = server.port;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut attackers = Vec::new();
+    for _ in 0..cap {
+        let stop = stop.clone();
+        attackers.push(std::thread::spawn(move || {
+            let mut served = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+                    continue;
+                };
+                let _ = stream.set_read_timeout(Some(Duration::from_millis(600)));
+                // Keep-alive: the same connection, again and again.
+                while !stop.load(Ordering::Relaxed) {
+                    if stream
+                        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+                        .is_err()
+                    {
+                        break;
+                    }
+                    let mut buf = [0u8; 512];
+                    match stream.read(&mut buf) {
+                        Ok(n) if n > 0 => served += 1,
+                        _ => break,
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+            served
+        }));
+    }
+    let idle: Vec<TcpStream> = (0..cap)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut worst = Duration::ZERO;
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        let reply = server.get(
+            "/pre-stop?force=1",
+            &format!("authorization: Bearer {token}\r\n"),
+        );
+        let took = started.elapsed();
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        worst = worst.max(took);
+        // A new idle peer each round, as an attacker would keep opening.
+        drop(TcpStream::connect(("127.0.0.1", port)));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let health_checks: u32 = attackers
+        .into_iter()
+        .map(|a| a.join().expect("attacker"))
+        .sum();
+    drop(idle);
+    eprintln!(
+        "trigger latency under the attack: worst of 5 {worst:?}; {health_checks} health checks answered"
+    );
+    assert!(health_checks > 0, "the attack ran");
+    assert!(
+        worst < Duration::from_secs(1),
+        "an authenticated trigger took {worst:?} under the attack"
+    );
+}
+
+#[test]
+fn a_trigger_takes_no_body() {
+    let s = Sandbox::new();
+    s.pipeline("[pre-stop]\n[[pre-stop.steps]]\nname = \"wait\"\nsleep = \"10ms\"\n");
+    let server = Server::start(&s, &[]);
+    for body in ["x", "0123456789"] {
+        let refused = server.request(&format!(
+            "POST /pre-stop HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        ));
+        assert_eq!(
+            refused.status,
+            413,
+            "a {}-byte body: {}",
+            body.len(),
+            refused.body
+        );
+    }
+    let chunked = server.request(
+        "POST /pre-stop HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+    );
+    assert_eq!(chunked.status, 413);
+    let empty = server.request(
+        "POST /pre-stop HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+    );
+    assert_eq!(empty.status, 200, "{}", empty.body);
+}
+
+/// After SIGTERM the server finishes the runs in progress: their callers
+/// get their reports, `/healthz` still answers 200, a phase that is not
+/// running is not started, and it exits once the runs are done.
+#[test]
+fn while_stopping_health_answers_and_no_new_run_starts() {
+    let s = Sandbox::new();
+    s.pipeline(
+        "[pre-stop]\n[[pre-stop.steps]]\nname = \"wait\"\nsleep = \"1500ms\"\n\n[post-start]\n[[post-start.steps]]\nname = \"warm\"\nsleep = \"10ms\"\n",
+    );
+    let mut server = Server::start(&s, &[]);
+    let port = server.port;
+    let trigger = std::thread::spawn(move || {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream
+            .write_all(b"GET /pre-stop HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .expect("send");
+        let mut text = String::new();
+        stream.read_to_string(&mut text).expect("read");
+        text
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    send_signal(server.child.id(), libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(200));
+    let health = server.get("/healthz", "");
+    assert_eq!(health.status, 200);
+    assert!(health.body.contains("stopping"), "{}", health.body);
+    let refused = server.get("/post-start", "");
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(refused.body.contains("stopping"), "{}", refused.body);
+    let joined = server.get("/pre-stop", "");
+    assert_eq!(
+        joined.status, 200,
+        "a trigger of the running phase joins it"
+    );
+    assert_eq!(joined.run_kind(), "joined");
+    let first = trigger.join().expect("trigger");
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    let exited = wait_until(Duration::from_secs(10), || {
+        matches!(server.child.try_wait(), Ok(Some(_)))
+    });
+    assert!(exited, "serve did not exit after its last run");
+    let status = server.child.wait().expect("status");
+    assert_eq!(status.code(), Some(0));
 }
 
 #[test]

@@ -66,6 +66,7 @@ pub fn init(args: &LogArgs) {
         // characters) lines go without timestamps: the container runtime
         // stamps what it keeps, and the event message has no room to spare.
         LogFormat::Text if !terminal => fmt::layer()
+            .log_internal_errors(false)
             .with_writer(std::io::stderr)
             .with_target(false)
             .with_ansi(false)
@@ -73,12 +74,14 @@ pub fn init(args: &LogArgs) {
             .with_filter(filter())
             .boxed(),
         LogFormat::Text => fmt::layer()
+            .log_internal_errors(false)
             .with_writer(std::io::stderr)
             .with_target(false)
             .with_ansi(terminal)
             .with_filter(filter())
             .boxed(),
         LogFormat::Json => fmt::layer()
+            .log_internal_errors(false)
             .json()
             .with_writer(std::io::stderr)
             .with_filter(filter())
@@ -90,6 +93,7 @@ pub fn init(args: &LogArgs) {
         .and_then(|path| OpenOptions::new().append(true).create(true).open(path).ok())
         .map(|file| {
             let layer = fmt::layer()
+                .log_internal_errors(false)
                 .with_writer(Mutex::new(file))
                 .with_ansi(false)
                 .with_target(false);

@@ -3,9 +3,14 @@
 //! mapping from results to exit codes. The work is in `lifehook-manifest` and
 //! `lifehook-runtime`.
 
+// Every write of lifehook's own output goes through `output`, which a
+// closed or broken stdout or stderr cannot make panic.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 mod commands;
 mod delivery;
 mod logging;
+mod output;
 mod pod;
 mod render;
 mod supervisor;
@@ -27,6 +32,7 @@ pub static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLoc
 
 fn main() {
     STARTED.get_or_init(std::time::Instant::now);
+    output::reopen_closed_stdio();
     disable_huge_pages();
     let cli = Cli::parse();
     logging::init(&cli.log);
@@ -84,13 +90,29 @@ fn report_error(e: &anyhow::Error) {
         return;
     }
     let _ = writeln!(stderr, "error: {e}");
-    let mut causes = e.chain().skip(1).peekable();
-    if causes.peek().is_some() {
+    let causes = new_causes(e);
+    if !causes.is_empty() {
         let _ = writeln!(stderr, "\nCaused by:");
-        for (i, cause) in causes.enumerate() {
+        for (i, cause) in causes.iter().enumerate() {
             let _ = writeln!(stderr, "    {i}: {cause}");
         }
     }
+}
+
+/// The causes of `e` that say something new: an error whose message
+/// already ends with its source's (`cannot read x: permission denied`
+/// with the I/O error as its source) does not repeat it below.
+fn new_causes(e: &anyhow::Error) -> Vec<String> {
+    let mut shown = e.to_string();
+    let mut causes = Vec::new();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !shown.ends_with(&text) {
+            causes.push(text.clone());
+        }
+        shown = text;
+    }
+    causes
 }
 
 /// Invalid input exits with 2, anything else with 4 (see `--help`).

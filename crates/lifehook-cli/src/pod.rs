@@ -23,7 +23,7 @@ use lifehook_units::format_duration;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use crate::commands::{Cli, Command};
+use crate::commands::{Cli, Command, UsageError};
 
 /// Kubernetes' default `terminationGracePeriodSeconds`.
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
@@ -145,14 +145,62 @@ pub struct PodCheck {
     pub problems: Vec<Diagnostic>,
 }
 
-/// Checks every lifehook hook in the manifest at `path` against `pipeline`.
-pub fn check(path: &Path, pipeline: &Pipeline) -> anyhow::Result<PodCheck> {
-    let source = std::fs::read_to_string(path).map_err(|e| {
-        anyhow::anyhow!(
+/// The text of the manifest at `path`; unreadable is a usage error (exit 2).
+fn read_manifest(path: &Path) -> Result<String, UsageError> {
+    std::fs::read_to_string(path).map_err(|e| {
+        UsageError(format!(
             "cannot read the Kubernetes manifest {}: {e}",
             path.display()
-        )
-    })?;
+        ))
+    })
+}
+
+/// A pipeline a manifest carries in a ConfigMap.
+pub struct CarriedPipeline {
+    /// Where it is, for messages: `ConfigMap NAME, key KEY`.
+    pub origin: String,
+    /// The pipeline's text.
+    pub source: String,
+}
+
+/// The pipeline the manifest at `path` carries in a ConfigMap (a data key
+/// ending in `.toml`): `Ok(None)` if it carries none; an error if it
+/// carries several (which one is meant needs `-f`) or cannot be read.
+pub fn carried_pipeline(path: &Path) -> anyhow::Result<Option<CarriedPipeline>> {
+    let source = read_manifest(path)?;
+    // A manifest that does not parse has no pipeline to offer; `check`
+    // then reports the YAML error itself.
+    let objects: Vec<Option<Object>> = serde_saphyr::from_multiple(&source).unwrap_or_default();
+    let mut found: Vec<CarriedPipeline> = Vec::new();
+    for object in objects.into_iter().flatten() {
+        if object.kind.as_deref() != Some("ConfigMap") {
+            continue;
+        }
+        let name = object.metadata.name.unwrap_or_else(|| "(unnamed)".into());
+        for (key, text) in object.data {
+            if key.ends_with(".toml") {
+                found.push(CarriedPipeline {
+                    origin: format!("ConfigMap {name}, key {key}"),
+                    source: text,
+                });
+            }
+        }
+    }
+    if found.len() > 1 {
+        let all: Vec<&str> = found.iter().map(|p| p.origin.as_str()).collect();
+        return Err(UsageError(format!(
+            "{} carries several pipelines ({}): pass -f FILE with the one to check",
+            path.display(),
+            all.join("; ")
+        ))
+        .into());
+    }
+    Ok(found.pop())
+}
+
+/// Checks every lifehook hook in the manifest at `path` against `pipeline`.
+pub fn check(path: &Path, pipeline: &Pipeline) -> anyhow::Result<PodCheck> {
+    let source = read_manifest(path)?;
     let mut out = PodCheck {
         ok: Vec::new(),
         problems: Vec::new(),

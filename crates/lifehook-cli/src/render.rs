@@ -17,6 +17,11 @@ pub const EXIT_INVALID: i32 = 2;
 pub const EXIT_DEADLINE: i32 = 3;
 /// Exit code: lifehook itself failed (could not start its engine, say).
 pub const EXIT_INTERNAL: i32 = 4;
+/// Exit code of `exec`: the application's command was found but cannot be
+/// executed (as shells report it).
+pub const EXIT_CANNOT_EXECUTE: i32 = 126;
+/// Exit code of `exec`: the application's command was not found.
+pub const EXIT_NOT_FOUND: i32 = 127;
 
 /// The documented exit code of a phase's status.
 pub fn exit_code(status: PhaseStatus) -> i32 {

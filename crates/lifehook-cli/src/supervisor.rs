@@ -39,6 +39,79 @@ impl Ended {
 /// The application process.
 pub struct App {
     pid: Pid,
+    /// The terminal the application was given, to take back when it ends.
+    terminal: Option<Terminal>,
+}
+
+/// Standard input is a terminal whose foreground process group was
+/// lifehook's own: interactive use (`docker run -it`, `podman run -it`).
+/// The application's group is made the foreground group, so that it can
+/// read the terminal (a background group that reads gets SIGTTIN and
+/// stops) and so that the keys ^C, ^\ and ^Z reach it, as under a shell or
+/// tini; the terminal goes back to lifehook's group when the application
+/// ends.
+struct Terminal {
+    /// lifehook's own process group, the foreground group before.
+    own_group: Pid,
+}
+
+impl Terminal {
+    /// The terminal on standard input, if lifehook's group holds it.
+    fn ours() -> Option<Terminal> {
+        let stdin = std::io::stdin();
+        if !rustix::termios::isatty(&stdin) {
+            return None;
+        }
+        let own_group = rustix::process::getpgrp();
+        let foreground = rustix::termios::tcgetpgrp(&stdin).ok()?;
+        if foreground != own_group {
+            return None;
+        }
+        // A process outside the foreground group that sets the foreground
+        // group (or writes its timeline with TOSTOP set) gets SIGTTOU,
+        // which would stop lifehook: it ignores both job-control signals
+        // from now on. The application gets them back in `hand_over`.
+        ignore_job_control_signals();
+        Some(Terminal { own_group })
+    }
+
+    /// The foreground group back to lifehook's own.
+    fn take_back(&self) {
+        if let Err(e) = rustix::termios::tcsetpgrp(std::io::stdin(), self.own_group) {
+            tracing::debug!("cannot take the terminal back: {e}");
+        }
+    }
+}
+
+#[expect(unsafe_code, reason = "signal() with SIG_IGN takes no pointers")]
+fn ignore_job_control_signals() {
+    // SAFETY: setting a disposition to SIG_IGN installs no handler.
+    unsafe {
+        libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+        libc::signal(libc::SIGTTIN, libc::SIG_IGN);
+    }
+}
+
+/// In the application's process, between fork and exec: take the terminal
+/// for its new group and restore the job-control signals lifehook ignores
+/// (ignored dispositions survive exec).
+#[expect(
+    unsafe_code,
+    reason = "pre_exec runs between fork and exec; tcsetpgrp, getpgrp and signal are async-signal-safe"
+)]
+fn hand_over(command: &mut Command) {
+    // SAFETY: the closure calls only async-signal-safe functions and
+    // allocates nothing.
+    unsafe {
+        command.pre_exec(|| {
+            // Failing here (another session's terminal) leaves the app in
+            // the background, as it was before: not a reason not to start.
+            libc::tcsetpgrp(0, libc::getpgrp());
+            libc::signal(libc::SIGTTOU, libc::SIG_DFL);
+            libc::signal(libc::SIGTTIN, libc::SIG_DFL);
+            Ok(())
+        });
+    }
 }
 
 /// Makes this process the reaper of orphans in its subtree (PID 1 is
@@ -50,15 +123,44 @@ pub fn become_subreaper() {
 }
 
 impl App {
-    /// Starts `command` in a new process group, with lifehook's stdio.
+    /// Starts `command` in a new process group, with lifehook's stdio;
+    /// when standard input is lifehook's terminal, the new group gets it
+    /// (see [`Terminal`]).
     pub fn start(command: &[OsString]) -> std::io::Result<App> {
         let (program, args) = command
             .split_first()
             .ok_or_else(|| std::io::Error::other("no command given"))?;
-        let child = Command::new(program).args(args).process_group(0).spawn()?;
-        Ok(App {
-            pid: Pid::from_child(&child),
-        })
+        let mut cmd = Command::new(program);
+        cmd.args(args).process_group(0);
+        let terminal = Terminal::ours();
+        if terminal.is_some() {
+            hand_over(&mut cmd);
+        }
+        let child = cmd.spawn().inspect_err(|_| {
+            if let Some(t) = &terminal {
+                t.take_back();
+            }
+        })?;
+        let pid = Pid::from_child(&child);
+        if terminal.is_some() {
+            // Also from this side, as shells do: whichever of the two runs
+            // first, the group holds the terminal before the app reads it.
+            let _ = rustix::termios::tcsetpgrp(std::io::stdin(), pid);
+        }
+        Ok(App { pid, terminal })
+    }
+
+    /// Whether the application was given lifehook's terminal.
+    pub fn has_terminal(&self) -> bool {
+        self.terminal.is_some()
+    }
+
+    /// Gives the terminal back to lifehook's group once the application
+    /// has ended (a no-op without one).
+    pub fn release_terminal(&self) {
+        if let Some(t) = &self.terminal {
+            t.take_back();
+        }
     }
 
     /// The application's process id.

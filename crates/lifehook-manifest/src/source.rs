@@ -125,31 +125,45 @@ impl OciReference {
                 "{text:?} does not start with a registry host: write oci://registry.example.com/hooks/notify:1.0 (a host with a dot or a port, or localhost)"
             ));
         }
+        if !is_registry_host(registry) {
+            return Err(format!(
+                "{text:?}: registry {registry:?} is not a host name or address with an optional port (letters, digits, `.` and `-`, then `:PORT`)"
+            ));
+        }
         // A tag follows the last `:` after the last `/`.
         let (repository, tag) = match path.rsplit_once(':') {
             Some((repo, tag)) if !tag.contains('/') => (repo, Some(tag)),
             _ => (path, None),
         };
-        let repo_ok = !repository.is_empty()
-            && repository.split('/').all(|part| {
-                !part.is_empty()
-                    && part.chars().all(|c| {
-                        c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
-                    })
-            });
-        if !repo_ok {
+        if !repository.is_empty()
+            && !repository.split('/').all(|part| {
+                part.chars().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
+                })
+            })
+        {
             return Err(format!(
                 "{text:?}: repository {repository:?} must be lower-case letters, digits, `.`, `_`, `-` and `/`"
             ));
         }
+        if !repository.split('/').all(is_path_component) {
+            return Err(format!(
+                "{text:?}: repository {repository:?} is outside the OCI distribution grammar: each `/`-separated part is lower-case letters and digits, joined by single `.`, `_` or `__`, or by `-`s (no empty part, none that starts or ends with a separator, so no `..`)"
+            ));
+        }
         if let Some(tag) = tag {
-            let ok = !tag.is_empty()
-                && tag.len() <= 128
+            let ok = tag.len() <= 128
+                && tag
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
                 && tag
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
             if !ok {
-                return Err(format!("{text:?}: tag {tag:?} is not a valid tag"));
+                return Err(format!(
+                    "{text:?}: tag {tag:?} is not a valid tag (up to 128 letters, digits, `.`, `_` and `-`, not starting with `.` or `-`)"
+                ));
             }
         }
         if tag.is_none() && digest.is_none() {
@@ -170,6 +184,57 @@ impl fmt::Display for OciReference {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "oci://{}", self.without_scheme())
     }
+}
+
+/// One part of a repository name in the OCI distribution grammar:
+/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`.
+fn is_path_component(part: &str) -> bool {
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let bytes = part.as_bytes();
+    let mut i = 0;
+    loop {
+        // A run of letters and digits...
+        let start = i;
+        while i < bytes.len() && alnum(char::from(bytes[i])) {
+            i += 1;
+        }
+        if i == start {
+            return false;
+        }
+        if i == bytes.len() {
+            return true;
+        }
+        // ...then one separator before the next run.
+        let sep = i;
+        while i < bytes.len() && !alnum(char::from(bytes[i])) {
+            i += 1;
+        }
+        let separator = &part[sep..i];
+        let ok = matches!(separator, "." | "_" | "__") || separator.bytes().all(|b| b == b'-');
+        if !ok {
+            return false;
+        }
+    }
+}
+
+/// `host[:port]`: a DNS name or an IPv4 address, then an optional port.
+fn is_registry_host(registry: &str) -> bool {
+    let (host, port) = match registry.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (registry, None),
+    };
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    let host_ok = !host.is_empty()
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    port_ok && host_ok
 }
 
 /// `sha256:` and 64 lower-case hex digits.
@@ -227,5 +292,26 @@ mod tests {
         assert!(err("oci://r.io/notify@sha256:abc").contains("64 lower-case hex"));
         assert!(err("oci://r.io/notify@md5:abc").contains("must start with `sha256:`"));
         assert!(err("oci://r.io/notify:a b").contains("not a valid tag"));
+        assert!(err("oci://r.io/notify:.hidden").contains("not a valid tag"));
+        for outside in [
+            "oci://r.io/../../etc:1",
+            "oci://r.io/hooks/..:1",
+            "oci://r.io//notify:1",
+            "oci://r.io/notify-:1",
+            "oci://r.io/_notify:1",
+            "oci://r.io/a...b:1",
+            "oci://r.io/a___b:1",
+        ] {
+            assert!(
+                err(outside).contains("outside the OCI distribution grammar"),
+                "{outside}: {}",
+                err(outside)
+            );
+        }
+        for inside in ["oci://r.io/a.b/c_d/e__f/g-h/i--j:1", "oci://r.io/0/9:_x"] {
+            OciReference::parse(inside).expect(inside);
+        }
+        assert!(err("oci://r.io:x/notify:1").contains("is not a host name"));
+        assert!(err("oci://r.io:5000:1/notify:1").contains("is not a host name"));
     }
 }

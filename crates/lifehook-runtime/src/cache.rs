@@ -103,7 +103,7 @@ impl ArtifactCache {
     /// checksum and source hash check out (wasmtime's own compatibility
     /// check happens only when loading it).
     pub fn artifact_of(&self, plugin: &Path) -> std::io::Result<Option<PathBuf>> {
-        let bytes = map_file(plugin)?;
+        let bytes = read_plugin(plugin)?;
         let plugin_hash = xxh3_128(&bytes);
         let artifact = self.artifact_path(plugin, plugin_hash);
         let data = match map_file(&artifact) {
@@ -120,7 +120,7 @@ impl ArtifactCache {
     /// compiles it (saying why).
     pub fn load(&self, rt: &Runtime, plugin: &Path) -> Result<Plugin, LoadError> {
         let started = Instant::now();
-        let bytes = map_file(plugin).map_err(|source| LoadError::Read {
+        let bytes = read_plugin(plugin).map_err(|source| LoadError::Read {
             path: plugin.to_path_buf(),
             source,
         })?;
@@ -225,7 +225,7 @@ impl ArtifactCache {
         plugin: &Path,
     ) -> Option<Result<Plugin, LoadError>> {
         let started = Instant::now();
-        let bytes = map_file(plugin).ok()?;
+        let bytes = read_plugin(plugin).ok()?;
         let plugin_hash = xxh3_128(&bytes);
         let artifact = self.artifact_path(plugin, plugin_hash);
         let component = load_artifact(rt, &artifact, plugin_hash).ok()??;
@@ -244,7 +244,7 @@ impl ArtifactCache {
     #[cfg(feature = "compiler")]
     pub fn compile(&self, compiler: &Runtime, plugin: &Path) -> Result<Compiled, CompileError> {
         let started = Instant::now();
-        let bytes = map_file(plugin).map_err(|source| LoadError::Read {
+        let bytes = read_plugin(plugin).map_err(|source| LoadError::Read {
             path: plugin.to_path_buf(),
             source,
         })?;
@@ -404,12 +404,21 @@ fn load_artifact(
     deserialize_file(rt, path).map(Some)
 }
 
-/// Maps a file read-only. Files lifehook maps are replaced only by rename
-/// (a new file), never rewritten in place, so a mapping never changes under
-/// it.
+/// A plugin file's bytes, read, not mapped: a user may rewrite a plugin in
+/// place (`cp new.wasm plugin.wasm`) while `serve` or a long run is loading
+/// it, and a mapped file that shrinks kills the process with SIGBUS at the
+/// next touch of a page past its end. An 18 MB Python plugin reads in a few
+/// milliseconds; only lifehook's own artifacts are mapped.
+fn read_plugin(path: &Path) -> std::io::Result<Vec<u8>> {
+    fs::read(path)
+}
+
+/// Maps an artifact read-only. Artifacts are lifehook's own files, replaced
+/// only by rename (a new file), never rewritten in place, so a mapping never
+/// changes under it. Plugins are read instead ([`read_plugin`]).
 #[expect(
     unsafe_code,
-    reason = "memory-mapping a file is unsafe if another process truncates it while mapped; plugins and artifacts are replaced by rename, not rewritten"
+    reason = "memory-mapping a file is unsafe if another process truncates it while mapped; artifacts are replaced by rename, not rewritten"
 )]
 fn map_file(path: &Path) -> std::io::Result<memmap2::Mmap> {
     let file = fs::File::open(path)?;

@@ -128,6 +128,11 @@ impl Runner {
             .checked_sub(reserve)
             .unwrap_or(started)
             .max(started);
+        let budget = Budget {
+            deadline: deadline_len,
+            reserve,
+            ends: deadline,
+        };
         let steps: Vec<Arc<Step>> = phase.steps.iter().cloned().map(Arc::new).collect();
         // Steps running at once share the process's descriptors, less what
         // lifehook keeps for itself (its log file, the report, markers).
@@ -143,7 +148,7 @@ impl Runner {
 
         let mut reports: Vec<Option<StepReport>> = vec![None; steps.len()];
         for (i, reason) in schedule.initially_skipped() {
-            reports[i] = Some(skipped(&steps[i], &reason, deadline_len));
+            reports[i] = Some(skipped(&steps[i], &reason, &budget));
         }
         let mut deadline_hit = false;
         let mut set: JoinSet<(usize, StepReport)> = JoinSet::new();
@@ -154,7 +159,7 @@ impl Runner {
                 match decision {
                     Decision::Skip(i, reason) => {
                         deadline_hit |= reason == SkipReason::Deadline;
-                        reports[i] = Some(skipped(&steps[i], &reason, deadline_len));
+                        reports[i] = Some(skipped(&steps[i], &reason, &budget));
                     }
                     Decision::Start(i) => {
                         let step = steps[i].clone();
@@ -281,7 +286,17 @@ fn descriptor_budget() -> usize {
     })
 }
 
-fn skipped(step: &Step, reason: &SkipReason, deadline: Duration) -> StepReport {
+/// A run's time, for saying why a step was skipped for lack of it.
+struct Budget {
+    /// The phase deadline.
+    deadline: Duration,
+    /// What of it is kept for always-steps.
+    reserve: Duration,
+    /// When the phase deadline ends.
+    ends: Instant,
+}
+
+fn skipped(step: &Step, reason: &SkipReason, budget: &Budget) -> StepReport {
     let why = match reason {
         SkipReason::NotSelected(why) => why.clone(),
         SkipReason::Aborted { by } => format!("step `{by}` failed with on-failure = \"abort\""),
@@ -293,9 +308,19 @@ fn skipped(step: &Step, reason: &SkipReason, deadline: Duration) -> StepReport {
             need,
             skipped: true,
         } => format!("it needs `{need}`, which was skipped"),
+        SkipReason::Deadline if !step.always && budget.reserve >= budget.deadline => format!(
+            "no time was left for it: the {} kept for always-steps (the longest chain of their timeouts) takes the whole phase deadline of {}; raise `deadline` or shorten the always-steps' timeouts (`lifehook check` reports this)",
+            format_duration(budget.reserve),
+            format_duration(budget.deadline)
+        ),
+        SkipReason::Deadline if !step.always && Instant::now() < budget.ends => format!(
+            "the phase deadline of {} was reached, less the {} kept for always-steps",
+            format_duration(budget.deadline),
+            format_duration(budget.reserve)
+        ),
         SkipReason::Deadline => format!(
             "the phase deadline of {} was reached",
-            format_duration(deadline)
+            format_duration(budget.deadline)
         ),
     };
     step::not_run(step, Outcome::Skipped, format!("skipped: {why}"))

@@ -85,6 +85,17 @@ pub enum SourceError {
         /// What it has.
         actual: String,
     },
+    /// The lock file is not valid TOML of the right shape.
+    #[error(
+        "cannot parse the lock file {path} (`lifehook compile` writes it; fix it, or delete it and run `lifehook compile` again)"
+    )]
+    LockFile {
+        /// The lock file.
+        path: PathBuf,
+        /// The TOML error, with its line and column.
+        #[source]
+        source: toml::de::Error,
+    },
     /// A file could not be read or written.
     #[error("{what} {path}: {source}")]
     Io {
@@ -97,12 +108,28 @@ pub enum SourceError {
     },
 }
 
-/// Registry settings: which registries are plain HTTP. Credentials come
-/// from the environment at pull time (see `oci`).
-#[derive(Debug, Clone, Default)]
+/// Registry settings: which registries are plain HTTP, how long a pull may
+/// take. Credentials come from the environment at pull time (see `oci`).
+#[derive(Debug, Clone)]
 pub struct Registries {
     /// `host:port` reached over HTTP; all others over HTTPS only.
     pub insecure: Vec<String>,
+    /// The longest one plugin's pull may take, sign-in to last byte.
+    pub pull_timeout: std::time::Duration,
+}
+
+impl Registries {
+    /// The pull timeout when none is given.
+    pub const DEFAULT_PULL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+}
+
+impl Default for Registries {
+    fn default() -> Registries {
+        Registries {
+            insecure: Vec::new(),
+            pull_timeout: Registries::DEFAULT_PULL_TIMEOUT,
+        }
+    }
 }
 
 /// The tags `lifehook compile` resolved, by reference without digest.
@@ -125,11 +152,11 @@ impl Lock {
         let path = pipeline.with_file_name("lifehook.lock");
         let pins = match std::fs::read_to_string(&path) {
             Ok(text) => {
-                let file: LockFile = toml::from_str(&text).map_err(|e| SourceError::Io {
-                    what: "cannot parse the lock file",
-                    path: path.clone(),
-                    source: std::io::Error::other(e.to_string()),
-                })?;
+                let file: LockFile =
+                    toml::from_str(&text).map_err(|source| SourceError::LockFile {
+                        path: path.clone(),
+                        source,
+                    })?;
                 file.plugins
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
@@ -239,7 +266,16 @@ impl Sources {
             PluginSource::Oci(r) => self.oci(r, plugin.pull).await?,
         };
         if let Some(expected) = &plugin.sha256 {
-            verify_sha256(&path, expected, &plugin.to_string())?;
+            // Hashing a large plugin takes milliseconds: off the runtime's
+            // one thread, where it would stall every concurrent step.
+            let (file, expected, name) = (path.clone(), expected.clone(), plugin.to_string());
+            tokio::task::spawn_blocking(move || verify_sha256(&file, &expected, &name))
+                .await
+                .map_err(|e| SourceError::Io {
+                    what: "cannot check the SHA-256 of",
+                    path: path.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })??;
         }
         Ok(path)
     }

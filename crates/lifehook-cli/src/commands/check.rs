@@ -1,14 +1,14 @@
 //! `lifehook check`: validates a pipeline, every plugin it names, and its
 //! time budget.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
-use lifehook_manifest::Severity;
+use lifehook_manifest::{Pipeline, Severity};
 use lifehook_runtime::Selection;
 
-use super::common::{describe_phase, load_plugins, print_out, print_problems};
-use super::{CacheArgs, PhaseArg, PipelineArgs, RegistryArgs};
+use super::common::{Kinds, describe_phase, load_plugins, print_out, print_problems};
+use super::{CacheArgs, DEFAULT_PIPELINE, PhaseArg, PipelineArgs, RegistryArgs, UsageError};
 use crate::render::{EXIT_INVALID, EXIT_OK};
 
 /// Check the pipeline file, that every plugin loads and has the right
@@ -44,11 +44,24 @@ pub struct Check {
 
 impl Check {
     pub fn execute(self) -> anyhow::Result<i32> {
-        let pipeline = lifehook_manifest::load(&self.pipeline.file, self.phase.map(Into::into))?;
-        let runner = self.cache.runner(&pipeline, &self.registries)?;
-        let (kinds, mut problems) =
-            load_plugins(&runner, pipeline.phases.iter().flat_map(|p| &p.steps));
+        let only = self.phase.map(Into::into);
         let mut out = String::new();
+        let (pipeline, kinds, mut problems) = match self.carried_pipeline()? {
+            // Its plugin paths are paths inside the container: not here.
+            Some((pipeline, origin)) => {
+                out += &format!(
+                    "pipeline: {origin} (plugins not loaded: they are paths in the container; pass -f FILE to check them too)\n"
+                );
+                (pipeline, Kinds::new(), Vec::new())
+            }
+            None => {
+                let pipeline = lifehook_manifest::load(&self.pipeline.file, only)?;
+                let runner = self.cache.runner(&pipeline, &self.registries)?;
+                let (kinds, problems) =
+                    load_plugins(&runner, pipeline.phases.iter().flat_map(|p| &p.steps));
+                (pipeline, kinds, problems)
+            }
+        };
         for phase in &pipeline.phases {
             out += &describe_phase(phase, &kinds, &Selection::default());
         }
@@ -72,9 +85,9 @@ impl Check {
         if problems.is_empty() {
             out += &format!("ok: {} is valid\n", pipeline.path.display());
         }
-        print_out(&out)?;
+        print_out(&out);
         for w in &warnings {
-            eprintln!("{w}\n");
+            crate::output::print_err(&format!("{w}\n\n"));
         }
         print_problems(&problems);
         Ok(if problems.is_empty() {
@@ -83,4 +96,45 @@ impl Check {
             EXIT_INVALID
         })
     }
+
+    /// With `--pod` and no pipeline file given (no `-f`, none at the
+    /// default path), the pipeline the manifest carries in a ConfigMap, and
+    /// where it is; without one there either, "no pipeline given".
+    fn carried_pipeline(&self) -> anyhow::Result<Option<(Pipeline, String)>> {
+        let Some(manifest) = &self.pod else {
+            return Ok(None);
+        };
+        let given = self.pipeline.file != Path::new(DEFAULT_PIPELINE)
+            || std::env::var_os("LIFEHOOK_CONFIG").is_some()
+            || self.pipeline.file.exists();
+        if given {
+            return Ok(None);
+        }
+        let Some(carried) = crate::pod::carried_pipeline(manifest)? else {
+            return Err(UsageError(format!(
+                "no pipeline given: pass -f FILE (there is no {DEFAULT_PIPELINE} here, and {} has no ConfigMap holding one)",
+                manifest.display()
+            ))
+            .into());
+        };
+        let origin = format!("{} in {}", carried.origin, manifest.display());
+        // Diagnostics name the ConfigMap; relative plugin paths resolve next
+        // to the manifest.
+        let path = manifest.with_file_name(format!("{}[{}]", file_name(manifest), carried.origin));
+        let pipeline = lifehook_manifest::parse(
+            &carried.source,
+            &path,
+            &|name| std::env::var(name).ok(),
+            self.phase.map(Into::into),
+        )
+        .map_err(lifehook_manifest::ManifestError::Invalid)?;
+        Ok(Some((pipeline, origin)))
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }

@@ -3,12 +3,13 @@
 //! output helpers.
 
 use std::collections::HashMap;
-use std::io::Write as _;
 
 use lifehook_manifest::budget;
 use lifehook_manifest::{Access, OnFailure, Phase, PluginRef, Step};
 use lifehook_runtime::{PluginKind, Runner, Selection};
 use lifehook_units::{format_duration, format_size};
+
+use crate::output::print_err;
 
 /// What loading each plugin came to (by its file or reference): its kind,
 /// or the error text.
@@ -181,19 +182,15 @@ fn describe_step(step: &Step, kinds: &Kinds) -> String {
     )
 }
 
-/// Writes to stdout; a closed pipe (`lifehook run | head`) is not an error.
-pub fn print_out(text: &str) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => Ok(other?),
-    }
-}
+pub use crate::output::print_out;
 
 /// Prints problems to stderr the one way lifehook lists problems.
 pub fn print_problems(problems: &[String]) {
     if !problems.is_empty() {
-        eprintln!("{}", lifehook_manifest::render_problems(problems));
+        print_err(&format!(
+            "{}\n",
+            lifehook_manifest::render_problems(problems)
+        ));
     }
 }
 

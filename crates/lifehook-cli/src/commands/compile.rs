@@ -131,7 +131,7 @@ impl Compile {
                 Err(_) => problems.push("error: a compile thread panicked".into()),
             }
         }
-        print_out(&out)?;
+        print_out(&out);
         print_problems(&problems);
         Ok(if problems.is_empty() {
             crate::render::EXIT_OK

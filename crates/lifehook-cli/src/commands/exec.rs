@@ -18,7 +18,8 @@ use tokio::task::JoinHandle;
 use super::common::tokio_runtime;
 use super::run::parse_duration;
 use super::{CacheArgs, PipelineArgs, RegistryArgs};
-use crate::render;
+use crate::output::print_err;
+use crate::render::{self, EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND};
 use crate::supervisor::{App, Ended, become_subreaper, signal_name};
 
 /// Run an application under lifehook: post-start alongside it, pre-stop on
@@ -30,11 +31,14 @@ use crate::supervisor::{App, Ended, become_subreaper, signal_name};
 /// SIGUSR2 and SIGWINCH are forwarded to it at once. A second SIGTERM or
 /// SIGINT during pre-stop does not start pre-stop again. If the application
 /// exits on its own, pre-stop does not run (as in Kubernetes) unless
-/// --pre-stop-on-exit is given. If post-start fails, the application is
+/// --pre-stop-on-exit is given. Under a terminal (`docker run -it`) the
+/// application's group is made the terminal's foreground group, so it can
+/// read it and ^C reaches it directly; when ^C ends it, pre-stop runs once. If post-start fails, the application is
 /// stopped as the kubelet does (pre-stop, SIGTERM, SIGKILL after the grace
 /// period) and lifehook exits non-zero. lifehook exits with the
 /// application's exit code, or 128+N when a signal N killed it, and prints a
-/// timeline of what happened to stderr.
+/// timeline of what happened to stderr; 127 when the command is not found,
+/// 126 when it is found but cannot be executed (as shells do).
 #[derive(Debug, Args)]
 #[command(after_help = "\
 Examples:
@@ -43,7 +47,15 @@ Examples:
 
 As a container's entrypoint (PID 1, reaping zombies):
   ENTRYPOINT [\"/lifehook\", \"exec\", \"-f\", \"/etc/lifehook/lifehook.toml\", \"--\"]
-  CMD [\"/app\"]")]
+  CMD [\"/app\"]
+
+Exit codes:
+  N        the application's own exit code
+  128+N    a signal N killed the application
+  126      the command was found but cannot be executed
+  127      the command was not found
+  1        post-start failed and the application exited 0
+  2, 4     as for `run`: an invalid pipeline or command line, an internal failure")]
 pub struct Exec {
     #[command(flatten)]
     pipeline: PipelineArgs,
@@ -112,11 +124,10 @@ impl Exec {
         let app = match App::start(&self.command) {
             Ok(app) => app,
             Err(e) => {
-                eprintln!(
-                    "error: cannot start {}: {e}",
-                    self.command[0].to_string_lossy()
-                );
-                return Ok(127);
+                let program = self.command[0].to_string_lossy();
+                let (code, hint) = cannot_start(&e);
+                print_err(&format!("error: cannot start {program}: {e}{hint}\n"));
+                return Ok(code);
             }
         };
         let command: Vec<String> = self
@@ -152,13 +163,22 @@ impl Exec {
         };
         loop {
             if let Some(how) = s.ended {
+                s.app.release_terminal();
                 s.abandon_post_start("the app is gone");
-                let wanted = self.pre_stop_on_exit && s.stop.is_none() && !s.pre_stop_ran;
+                // ^C on the terminal the app held went to the app's group,
+                // not to lifehook: it still means "stop", so pre-stop runs.
+                let interrupted = s.app.has_terminal()
+                    && matches!(how, Ended::Killed(libc::SIGINT) | Ended::Exited(130));
+                let wanted =
+                    (self.pre_stop_on_exit || interrupted) && s.stop.is_none() && !s.pre_stop_ran;
                 if let (true, Some(phase)) = (wanted, pipeline.phase(PhaseName::PreStop)) {
-                    s.timeline.event(format!(
-                        "app {}; --pre-stop-on-exit: running pre-stop",
-                        how.describe()
-                    ));
+                    let why = if interrupted {
+                        "interrupted from the terminal"
+                    } else {
+                        "--pre-stop-on-exit"
+                    };
+                    s.timeline
+                        .event(format!("app {}; {why}: running pre-stop", how.describe()));
                     s.pre_stop = Some(s.phases.start(phase, None));
                     s.pre_stop_ran = true;
                     s.stop = Some((libc::SIGTERM, Instant::now() + self.grace_period));
@@ -198,7 +218,7 @@ impl Exec {
         }
         // Orphans that ended with the app.
         let _ = s.app.reap();
-        eprint!("{}", s.timeline.render());
+        print_err(&s.timeline.render());
         let code = s.ended.map_or(1, Ended::code);
         let code = if s.post_start_failed && code == 0 {
             1
@@ -293,6 +313,23 @@ impl Supervision<'_> {
     }
 }
 
+/// The exit code for a command that cannot start, as shells give it: 127
+/// when it is not found, 126 when it is found but cannot be executed; and a
+/// hint for the message.
+fn cannot_start(e: &std::io::Error) -> (i32, &'static str) {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => (
+            EXIT_NOT_FOUND,
+            " (not found: give a path, or a name on $PATH)",
+        ),
+        std::io::ErrorKind::PermissionDenied => (
+            EXIT_CANNOT_EXECUTE,
+            " (found, but not executable: check its mode bits and the mount's noexec)",
+        ),
+        _ => (EXIT_CANNOT_EXECUTE, ""),
+    }
+}
+
 /// Awaits a phase's task, if there is one (`None` if it was aborted).
 async fn join(task: &mut Option<JoinHandle<PhaseReport>>) -> Option<PhaseReport> {
     match task {
@@ -326,7 +363,7 @@ impl Phases {
         };
         tokio::spawn(async move {
             let report = runner.run(&pipeline, &phase, &options).await;
-            eprint!("{}", render::text(&report));
+            print_err(&render::text(&report));
             report
         })
     }

@@ -74,9 +74,9 @@ impl Inspect {
         })?;
         let report = inspect(&self.plugin, &bytes, &self.cache)?;
         if self.json {
-            print_out(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
+            print_out(&format!("{}\n", serde_json::to_string_pretty(&report)?));
         } else {
-            print_out(&text(&report))?;
+            print_out(&text(&report));
         }
         Ok(EXIT_OK)
     }

@@ -70,6 +70,9 @@ impl Command {
     }
 }
 
+/// The pipeline file when none is given.
+pub const DEFAULT_PIPELINE: &str = "lifehook.toml";
+
 /// The pipeline file, shared by every subcommand.
 #[derive(Debug, Args)]
 pub struct PipelineArgs {
@@ -78,7 +81,7 @@ pub struct PipelineArgs {
         short = 'f',
         long = "file",
         env = "LIFEHOOK_CONFIG",
-        default_value = "lifehook.toml"
+        default_value = DEFAULT_PIPELINE
     )]
     pub file: PathBuf,
 }
@@ -94,25 +97,40 @@ pub struct CacheArgs {
 
 /// Registries reached over plain HTTP, on top of the pipeline's own
 /// `[oci] insecure-registries`.
-#[derive(Debug, Args, Default)]
+#[derive(Debug, Args)]
 pub struct RegistryArgs {
     /// A registry (`host:port`) to reach over plain HTTP instead of HTTPS
     /// (repeat for several). Never the default.
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     pub insecure: Vec<String>,
+
+    /// The longest one plugin's pull from a registry may take, sign-in to
+    /// last byte; a registry sending less than 8 KiB/s after the first 10s
+    /// is given up sooner. In `run`, the step's timeout also bounds it.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = run::parse_duration)]
+    pub pull_timeout: std::time::Duration,
 }
 
 impl RegistryArgs {
+    /// The registry settings: these plain-HTTP registries and the ones of
+    /// `pipeline`, and the pull timeout.
+    pub fn registries(&self, pipeline: Option<&Pipeline>) -> Registries {
+        let mut insecure = pipeline.map_or_else(Vec::new, |p| p.insecure_registries.clone());
+        insecure.extend(self.insecure.iter().map(|r| r.to_ascii_lowercase()));
+        Registries {
+            insecure,
+            pull_timeout: self.pull_timeout,
+        }
+    }
+
     /// Where plugins of `pipeline` come from: files, and OCI plugins in
     /// `cache` pinned by the pipeline's lock file.
     pub fn sources(&self, pipeline: &Pipeline, cache: &ArtifactCache) -> anyhow::Result<Sources> {
         let lock = Lock::for_pipeline(&pipeline.path)?;
-        let mut insecure = pipeline.insecure_registries.clone();
-        insecure.extend(self.insecure.iter().map(|r| r.to_ascii_lowercase()));
         Ok(Sources::new(
             Some(cache.dir().to_path_buf()),
             lock,
-            Registries { insecure },
+            self.registries(Some(pipeline)),
         ))
     }
 }

@@ -141,7 +141,7 @@ impl New {
             files.len(),
             dir.display(),
             self.build_command()
-        ))?;
+        ));
         Ok(EXIT_OK)
     }
 

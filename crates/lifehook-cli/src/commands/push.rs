@@ -40,7 +40,6 @@ impl Push {
     pub fn execute(self) -> anyhow::Result<i32> {
         use super::UsageError;
         use lifehook_manifest::OciReference;
-        use lifehook_runtime::sources::Registries;
 
         let reference = OciReference::parse(&self.reference).map_err(UsageError)?;
         if reference.digest.is_some() {
@@ -72,14 +71,7 @@ impl Push {
                 "exports": &report.exports,
             },
         }))?;
-        let registries = Registries {
-            insecure: self
-                .registries
-                .insecure
-                .iter()
-                .map(|r| r.to_ascii_lowercase())
-                .collect(),
-        };
+        let registries = self.registries.registries(None);
         let io = super::common::tokio_runtime()?;
         let digest = io.block_on(lifehook_runtime::oci::push(
             &reference,
@@ -87,7 +79,7 @@ impl Push {
             bytes,
             config,
         ))?;
-        super::common::print_out(&format!("{}\n", reference.pinned(&digest)))?;
+        super::common::print_out(&format!("{}\n", reference.pinned(&digest)));
         Ok(crate::render::EXIT_OK)
     }
 

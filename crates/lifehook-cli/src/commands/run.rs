@@ -179,7 +179,7 @@ impl Run {
                 "{} has no [{phase_name}] section; nothing to run",
                 self.pipeline.file.display()
             );
-            print_out(&format!("lifehook {phase_name}: ok - no steps\n"))?;
+            print_out(&format!("lifehook {phase_name}: ok - no steps\n"));
             return Ok(EXIT_OK);
         };
         let selection = self.select.selection(phase)?;
@@ -219,8 +219,8 @@ impl Run {
         runtime.shutdown_background();
         let (text, json) = (render::text(&report), render::json(&report));
         match self.report {
-            ReportFormat::Text => print_out(&text)?,
-            ReportFormat::Json => print_out(&format!("{json}\n"))?,
+            ReportFormat::Text => print_out(&text),
+            ReportFormat::Json => print_out(&format!("{json}\n")),
         }
         let code = render::exit_code(report.status);
         if let Some(guard) = guard
@@ -252,15 +252,15 @@ impl Run {
             Ok(Claim::Run(guard)) => Ok(Turn::Run(Some(guard))),
             Ok(Claim::Repeat(marker)) => {
                 match self.report {
-                    ReportFormat::Text => print_out(&marker.repeat_text(phase))?,
-                    ReportFormat::Json => print_out(&format!("{}\n", marker.repeat_json()))?,
+                    ReportFormat::Text => print_out(&marker.repeat_text(phase)),
+                    ReportFormat::Json => print_out(&format!("{}\n", marker.repeat_json())),
                 }
                 Ok(Turn::Done(EXIT_OK))
             }
             Ok(Claim::Busy) => {
                 print_out(&format!(
                     "lifehook {phase}: DEADLINE reached while another delivery of this phase was still running; not run again\n"
-                ))?;
+                ));
                 Ok(Turn::Done(EXIT_DEADLINE))
             }
             Err(e) => {
@@ -312,12 +312,12 @@ impl Run {
                     "steps": steps,
                     "problems": problems,
                 });
-                print_out(&format!("{}\n", serde_json::to_string_pretty(&plan)?))?;
+                print_out(&format!("{}\n", serde_json::to_string_pretty(&plan)?));
             }
             ReportFormat::Text => {
                 let mut out = format!("lifehook {} (dry run)\n", phase.name);
                 out += &describe_phase(&phase, &kinds, selection);
-                print_out(&out)?;
+                print_out(&out);
                 print_problems(&problems);
             }
         }

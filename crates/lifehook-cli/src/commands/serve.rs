@@ -8,10 +8,11 @@
 //! (hooks are delivered at least once) unless `?force=1`. The phase runs in
 //! a task of its own: a caller that hangs up or reads slowly cannot hold it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -25,10 +26,11 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use lifehook_manifest::{PhaseName, Pipeline};
 use lifehook_runtime::{PhaseStatus, RunOptions, Runner};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, watch};
 
 use super::common::{load_plugins, print_problems, tokio_runtime};
 use super::{CacheArgs, PipelineArgs, RegistryArgs, UsageError};
+use crate::output::print_err;
 use crate::render::{self, EXIT_INVALID, EXIT_OK};
 
 /// Serve the pipeline's phases over HTTP, for `httpGet` hooks or a sidecar.
@@ -78,8 +80,10 @@ pub struct Serve {
     #[arg(long, value_name = "NAME")]
     token_env: Option<String>,
 
-    /// Most connections served at once; more wait to be accepted. A client
-    /// that sends no request for 5 s is disconnected and frees its slot.
+    /// Most connections open at once. Each serves one request and closes.
+    /// When all are taken, a new connection replaces the oldest one that has
+    /// not finished sending its request (so idle or slow clients cannot
+    /// keep a trigger out); one that sends nothing for 5 s is disconnected.
     #[arg(long, value_name = "N", default_value_t = 256)]
     max_connections: usize,
 }
@@ -88,8 +92,6 @@ pub struct Serve {
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest request (headers) accepted.
 const MAX_REQUEST: usize = 16 << 10;
-/// The largest request body accepted (triggers need none).
-const MAX_BODY: u64 = 1 << 10;
 
 impl Serve {
     /// The address it listens on.
@@ -152,8 +154,8 @@ impl Serve {
             .await
             .with_context(|| format!("cannot listen on {}", self.listen))?;
         let phases: Vec<&str> = pipeline.phases.iter().map(|p| p.name.as_str()).collect();
-        eprintln!(
-            "lifehook serve: listening on {} ({}; {})",
+        print_err(&format!(
+            "lifehook serve: listening on {} ({}; {})\n",
             listener.local_addr().unwrap_or(self.listen),
             if phases.is_empty() {
                 "no phases".to_owned()
@@ -165,21 +167,18 @@ impl Serve {
             } else {
                 "loopback only, no token"
             }
-        );
+        ));
         let server = Arc::new(Server {
             pipeline,
             runner,
             token,
             phases: Arc::default(),
+            draining: AtomicBool::new(false),
         });
-        let slots = Arc::new(Semaphore::new(self.max_connections.max(1)));
+        let slots = Slots::new(self.max_connections.max(1));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
-            let permit = tokio::select! {
-                permit = slots.clone().acquire_owned() => permit?,
-                _ = term.recv() => break,
-                _ = tokio::signal::ctrl_c() => break,
-            };
+            let draining = server.is_draining();
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(a) => a,
@@ -188,33 +187,175 @@ impl Serve {
                         continue;
                     }
                 },
-                _ = term.recv() => break,
-                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv(), if !draining => {
+                    server.drain();
+                    continue;
+                }
+                _ = tokio::signal::ctrl_c(), if !draining => {
+                    server.drain();
+                    continue;
+                }
+                () = server.wait_for_running(), if draining => break,
+            };
+            let slot = tokio::select! {
+                slot = slots.admit() => slot,
+                () = server.wait_for_running(), if draining => break,
             };
             let _ = stream.set_nodelay(true);
-            let server = server.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let server = server.clone();
-                    async move { Ok::<_, Infallible>(server.handle(req, peer).await) }
-                });
-                let served = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT)
-                    .max_buf_size(MAX_REQUEST)
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-                if let Err(e) = served {
-                    tracing::debug!("connection from {peer}: {e}");
-                }
-                drop(permit);
-            });
+            tokio::spawn(serve_connection(server.clone(), slot, stream, peer));
         }
-        eprintln!("lifehook serve: stopping; waiting for running phases");
-        server.wait_for_running().await;
         // The process ends next (see `run` on why not to drop plugins).
         std::mem::forget(server);
         Ok(EXIT_OK)
+    }
+}
+
+/// Serves one request on `stream`, then closes it (no keep-alive: a
+/// trigger is one request, and a connection kept open would hold a slot);
+/// the connection ends early if `slot` is taken back for a newer one.
+async fn serve_connection(
+    server: Arc<Server>,
+    slot: Slot,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+) {
+    let state = slot.state.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let (server, state) = (server.clone(), state.clone());
+        async move {
+            // The request is complete: from now on the slot is not taken
+            // back. Taken back already: the connection is being closed.
+            let response = if state.begin_request() {
+                server.handle(req, peer).await
+            } else {
+                respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "too many connections\n".into(),
+                )
+            };
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_REQUEST)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::select! {
+        served = connection => {
+            if let Err(e) = served {
+                tracing::debug!("connection from {peer}: {e}");
+            }
+        }
+        () = slot.state.taken_back.notified() => {
+            tracing::debug!("connection from {peer} closed: its slot went to a newer connection before it sent a request");
+        }
+    }
+    drop(slot);
+}
+
+/// The connection slots of the server. A slot is held from accept to close.
+/// With every slot taken, a new connection takes the slot of the oldest one
+/// still waiting for its request (idle, or sending slowly), which is then
+/// closed: peers that connect and send nothing, or send slowly, cannot keep
+/// an authenticated trigger waiting; only connections whose request is
+/// being answered keep their slot, and a new one waits for one of them.
+struct Slots {
+    max: usize,
+    open: Mutex<VecDeque<Arc<SlotState>>>,
+    freed: Notify,
+}
+
+/// One connection's part in [`Slots`].
+struct SlotState {
+    /// 0 waiting for the request, 1 answering it, 2 taken back.
+    phase: AtomicU8,
+    taken_back: Notify,
+}
+
+const WAITING: u8 = 0;
+const ANSWERING: u8 = 1;
+const TAKEN_BACK: u8 = 2;
+
+impl SlotState {
+    /// Marks the request as complete; false if the slot was taken back.
+    fn begin_request(&self) -> bool {
+        self.phase
+            .compare_exchange(WAITING, ANSWERING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Takes the slot back if its connection has not sent a request yet.
+    fn take_back(&self) -> bool {
+        let taken = self
+            .phase
+            .compare_exchange(WAITING, TAKEN_BACK, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if taken {
+            self.taken_back.notify_one();
+        }
+        taken
+    }
+}
+
+/// A held slot; dropping it frees it.
+struct Slot {
+    slots: Arc<Slots>,
+    state: Arc<SlotState>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.slots.lock();
+        if let Some(i) = open.iter().position(|s| Arc::ptr_eq(s, &self.state)) {
+            open.remove(i);
+        }
+        drop(open);
+        self.slots.freed.notify_one();
+    }
+}
+
+impl Slots {
+    fn new(max: usize) -> Arc<Slots> {
+        Arc::new(Slots {
+            max,
+            open: Mutex::new(VecDeque::with_capacity(max)),
+            freed: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<SlotState>>> {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A slot for a new connection: a free one, the oldest waiting one's,
+    /// or, when every connection is being answered, the first to free up.
+    async fn admit(self: &Arc<Slots>) -> Slot {
+        loop {
+            let freed = self.freed.notified();
+            {
+                let mut open = self.lock();
+                if open.len() >= self.max
+                    && let Some(i) = open.iter().position(|s| s.take_back())
+                {
+                    open.remove(i);
+                }
+                if open.len() < self.max {
+                    let state = Arc::new(SlotState {
+                        phase: AtomicU8::new(WAITING),
+                        taken_back: Notify::new(),
+                    });
+                    open.push_back(state.clone());
+                    return Slot {
+                        slots: self.clone(),
+                        state,
+                    };
+                }
+            }
+            freed.await;
+        }
     }
 }
 
@@ -237,6 +378,9 @@ struct Server {
     runner: Runner,
     token: Option<Arc<[u8]>>,
     phases: Arc<Mutex<HashMap<PhaseName, PhaseRuns>>>,
+    /// Stopping (SIGTERM or SIGINT): runs in progress finish and their
+    /// callers are answered, `/healthz` still answers, no new run starts.
+    draining: AtomicBool,
 }
 
 /// How a trigger was served.
@@ -244,6 +388,8 @@ struct Server {
 enum Served {
     /// A new run of the phase.
     New,
+    /// None: the server is stopping and the phase was not running.
+    Refused,
     /// It joined a run in progress.
     Joined,
     /// The phase had completed; the earlier report.
@@ -254,7 +400,14 @@ impl Server {
     async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
         let path = req.uri().path();
         if path == "/healthz" {
-            return respond(StatusCode::OK, "text/plain", "ok\n".into());
+            // Still 200 while stopping: a sidecar's liveness probe must not
+            // get it restarted in the middle of a pre-stop.
+            let body = if self.is_draining() {
+                "ok: stopping, waiting for running phases\n"
+            } else {
+                "ok\n"
+            };
+            return respond(StatusCode::OK, "text/plain", body.into());
         }
         let phase = match path {
             "/pre-stop" => PhaseName::PreStop,
@@ -288,14 +441,14 @@ impl Server {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return r;
         }
-        let too_big = req
+        // A trigger takes no body: any length but 0, or a chunked one, is
+        // refused before a byte of it is read.
+        let has_body = req
             .headers()
             .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .is_some_and(|n| n > MAX_BODY)
+            .is_some_and(|v| v != "0")
             || req.headers().contains_key(header::TRANSFER_ENCODING);
-        if too_big {
+        if has_body {
             return respond(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "text/plain",
@@ -323,6 +476,13 @@ impl Server {
             if force { " (force)" } else { "" }
         );
         let (finished, served) = self.trigger(phase, force).await;
+        if let Served::Refused = served {
+            return respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("lifehook serve is stopping: {phase} is not started any more\n"),
+            );
+        }
         let Some(finished) = finished else {
             return respond(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -360,6 +520,7 @@ impl Server {
         let mut r = respond(code, kind, body);
         let how = match served {
             Served::New => "new",
+            Served::Refused => "refused",
             Served::Joined => "joined",
             Served::Repeat(_) => "repeat",
         };
@@ -396,6 +557,9 @@ impl Server {
                 (None, Some((at, done))) if !force => {
                     return (Some(done.clone()), Served::Repeat(*at));
                 }
+                // Checked under the same lock `drain` takes, so that no run
+                // starts after the drain counted the running ones.
+                _ if self.is_draining() => return (None, Served::Refused),
                 _ => {
                     let (tx, rx) = watch::channel(None);
                     runs.running = Some(rx.clone());
@@ -436,6 +600,18 @@ impl Server {
         });
     }
 
+    fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Begins stopping: see [`Server::draining`].
+    fn drain(&self) {
+        let _runs = self.runs();
+        self.draining.store(true, Ordering::Release);
+        print_err("lifehook serve: stopping; waiting for running phases\n");
+    }
+
+    /// Waits until no phase is running.
     async fn wait_for_running(&self) {
         let running: Vec<_> = self
             .runs()
