@@ -385,3 +385,32 @@ fn orphans_are_reaped_and_no_zombie_is_left() {
     exec.signal(libc::SIGTERM);
     assert_eq!(exec.wait().code, 0);
 }
+
+/// As shells do: 127 when the command is not found, 126 when it is found
+/// but cannot be executed (no execute bit, a directory).
+#[test]
+fn a_command_that_cannot_start_exits_127_or_126() {
+    let s = Sandbox::new();
+    s.pipeline("[pre-stop]\n[[pre-stop.steps]]\nname = \"wait\"\nsleep = \"10ms\"\n");
+    let missing = s.lifehook(&["exec", "--", "/no/such/program"]);
+    assert_eq!(missing.code, 127, "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("cannot start /no/such/program")
+            && missing.stderr.contains("not found"),
+        "{}",
+        missing.stderr
+    );
+    let on_path = s.lifehook(&["exec", "--", "no-such-program-on-path"]);
+    assert_eq!(on_path.code, 127, "{}", on_path.stderr);
+    let plain = s.write("not-executable.sh", "#!/bin/sh\nexit 0\n");
+    let plain = plain.to_string_lossy().into_owned();
+    let denied = s.lifehook(&["exec", "--", &plain]);
+    assert_eq!(denied.code, 126, "{}", denied.stderr);
+    assert!(
+        denied.stderr.contains("found, but not executable"),
+        "{}",
+        denied.stderr
+    );
+    let dir = s.dir.path().to_string_lossy().into_owned();
+    assert_eq!(s.lifehook(&["exec", "--", &dir]).code, 126);
+}

@@ -5,6 +5,7 @@
 mod support;
 
 mod authoring;
+mod broken_output;
 mod bulk;
 mod cache;
 mod cli;
@@ -26,3 +27,4 @@ mod sample_lock;
 mod sample_notify;
 mod sample_state;
 mod serve;
+mod terminal;
