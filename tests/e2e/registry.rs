@@ -596,3 +596,281 @@ fn a_lying_registry_is_caught_and_nothing_it_sent_is_kept() {
     assert!(kept.is_empty(), "nothing kept: {kept:?}");
     assert!(!s.path("lifehook.lock").exists());
 }
+
+/// A registry that answers every path but `/v2/` with what `respond` makes
+/// of it (404 for `None`), each answer on a thread of its own; its
+/// `host:port`.
+fn scripted_registry(
+    respond: impl Fn(&str) -> Option<tiny_http::ResponseBox> + Send + 'static,
+) -> String {
+    let server = tiny_http::Server::http("127.0.0.1:0").expect("bind");
+    let host = server.server_addr().to_ip().expect("ip").to_string();
+    std::thread::spawn(move || {
+        for request in server.incoming_requests() {
+            let url = request.url().to_owned();
+            let response = if url == "/v2/" {
+                Some(tiny_http::Response::from_data(b"{}".to_vec()).boxed())
+            } else {
+                respond(&url)
+            };
+            let response = response.unwrap_or_else(|| {
+                tiny_http::Response::from_data(b"{}".to_vec())
+                    .with_status_code(404)
+                    .boxed()
+            });
+            std::thread::spawn(move || {
+                let _ = request.respond(response);
+            });
+        }
+    });
+    host
+}
+
+/// Endless or slow bodies: `size` bytes, `pause` before each chunk of
+/// `chunk` bytes.
+struct Trickle {
+    left: u64,
+    chunk: usize,
+    pause: Duration,
+}
+
+impl std::io::Read for Trickle {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        std::thread::sleep(self.pause);
+        let n = buf.len().min(self.chunk).min(self.left as usize);
+        buf[..n].fill(b' ');
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+fn trickle(
+    size: u64,
+    chunk: usize,
+    pause: Duration,
+    declared: Option<usize>,
+) -> tiny_http::ResponseBox {
+    tiny_http::Response::new(
+        tiny_http::StatusCode(200),
+        vec![
+            tiny_http::Header::from_bytes(
+                "Content-Type",
+                "application/vnd.oci.image.manifest.v1+json",
+            )
+            .expect("header"),
+        ],
+        Trickle {
+            left: size,
+            chunk,
+            pause,
+        },
+        declared,
+        None,
+    )
+    .boxed()
+}
+
+/// `lifehook compile` of a pipeline with the one plugin `reference`, plus
+/// `extra`: the run, and the process's peak resident memory in KiB.
+fn compile_measured(s: &Sandbox, host: &str, reference: &str, extra: &[&str]) -> (Run, u64) {
+    s.write(
+        "lifehook.toml",
+        format!("[oci]\ninsecure-registries = [\"{host}\"]\n[[pre-stop.steps]]\nname = \"hook\"\nplugin = \"{reference}\"\n"),
+    );
+    let started = std::time::Instant::now();
+    let stderr = s.path("compile.stderr");
+    let mut cmd = crate::support::lifehook();
+    cmd.args(["compile", "--cache", "cache"])
+        .args(extra)
+        .current_dir(s.dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).expect("stderr file"));
+    let child = cmd.spawn().expect("start compile");
+    let (code, peak) = wait_with_peak_rss(child);
+    let run = Run {
+        code,
+        stdout: String::new(),
+        stderr: std::fs::read_to_string(&stderr).unwrap_or_default(),
+        elapsed: started.elapsed(),
+    };
+    (run, peak)
+}
+
+#[expect(unsafe_code, reason = "wait4 fills a rusage we own")]
+fn wait_with_peak_rss(child: std::process::Child) -> (i32, u64) {
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data, zeroed, and wait4 writes only into it
+    // and `status`.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(waited, pid, "wait4");
+    std::mem::forget(child);
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    (code, usage.ru_maxrss as u64)
+}
+
+/// A manifest or config of any size used to be read whole (a 50 MB
+/// manifest: peak RSS 115-162 MiB); a config blob that streams 300 MB after
+/// declaring 64 bytes, to the end (328 MiB).
+#[test]
+fn oversized_manifests_and_configs_are_refused_without_being_read() {
+    const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    let component = std::fs::read(plugins::FIXTURE_HOOK).expect("plugin");
+    let small_config = b"{}".to_vec();
+    let manifest = |config_digest: &str, config_size: u64| {
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": MANIFEST,
+            "config": {"mediaType": "application/vnd.wasm.config.v0+json", "digest": config_digest, "size": config_size},
+            "layers": [{"mediaType": "application/wasm", "digest": sha(&component), "size": component.len()}],
+        }))
+        .expect("json")
+    };
+    let lying_config = manifest(&sha(&small_config), 64);
+    let big_config = manifest(&sha(&small_config), 2 << 20);
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{"mediaType": MANIFEST, "digest": sha(b"x"), "size": 1,
+                       "platform": {"architecture": "amd64", "os": "linux"}}],
+    }))
+    .expect("json");
+    let (component_route, config_route) = (sha(&component), sha(&small_config));
+    let host = scripted_registry(move |url| {
+        let data = |bytes: &[u8], kind: &str| {
+            Some(
+                tiny_http::Response::from_data(bytes.to_vec())
+                    .with_header(
+                        tiny_http::Header::from_bytes("Content-Type", kind).expect("header"),
+                    )
+                    .boxed(),
+            )
+        };
+        match url {
+            // 50 MB of manifest, declared.
+            "/v2/big/manifest/manifests/1" => {
+                Some(trickle(50 << 20, 1 << 20, Duration::ZERO, Some(50 << 20)))
+            }
+            // 50 MB of manifest, chunked (no length to refuse up front).
+            "/v2/big/chunked/manifests/1" => Some(trickle(50 << 20, 1 << 20, Duration::ZERO, None)),
+            "/v2/big/config/manifests/1" => data(&big_config, MANIFEST),
+            "/v2/lying/config/manifests/1" => data(&lying_config, MANIFEST),
+            "/v2/multi/arch/manifests/1" => data(&index, "application/vnd.oci.image.index.v1+json"),
+            u if u.ends_with(&format!("/blobs/{config_route}")) => {
+                // Declared 64 bytes; streams 300 MB if anyone reads it.
+                Some(trickle(300 << 20, 1 << 20, Duration::ZERO, None))
+            }
+            u if u.ends_with(&format!("/blobs/{component_route}")) => {
+                data(&component, "application/octet-stream")
+            }
+            _ => None,
+        }
+    });
+    let s = Sandbox::new();
+    let cases = [
+        // Refused on its declared length, or at the cap while reading
+        // (the test server may send either form).
+        ("big/manifest:1", "4194304 bytes"),
+        (
+            "big/chunked:1",
+            "more than the 4194304 bytes lifehook reads for a manifest",
+        ),
+        (
+            "big/config:1",
+            "a Wasm artifact's config is at most 1048576 bytes",
+        ),
+        (
+            "multi/arch:1",
+            "this reference is an image index (a multi-platform container image), not a Wasm plugin artifact (media type application/vnd.oci.image.index.v1+json)",
+        ),
+    ];
+    for (path, expected) in cases {
+        let reference = format!("oci://{host}/{path}");
+        let (run, peak_kib) = compile_measured(&s, &host, &reference, &[]);
+        eprintln!("{path}: exit {}, peak RSS {} MiB", run.code, peak_kib >> 10);
+        assert_eq!(run.code, 2, "{path}: {}", run.stderr);
+        assert!(
+            run.stderr.contains(&format!("cannot pull {reference}"))
+                && run.stderr.contains(expected),
+            "{path}: {}",
+            run.stderr
+        );
+        assert!(peak_kib < 100 << 10, "{path}: peak RSS {peak_kib} KiB");
+        assert!(!run.stderr.contains("platform_resolver"), "{}", run.stderr);
+    }
+    // The config is never downloaded: the lying one costs nothing, and
+    // the plugin is pulled.
+    let reference = format!("oci://{host}/lying/config:1");
+    let (run, peak_kib) = compile_measured(&s, &host, &reference, &[]);
+    eprintln!(
+        "lying config: exit {}, peak RSS {} MiB, {:?}",
+        run.code,
+        peak_kib >> 10,
+        run.elapsed
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(peak_kib < 100 << 10, "peak RSS {peak_kib} KiB");
+}
+
+/// A registry sending one byte a second used to keep `compile` pulling a
+/// 400-byte manifest for over 70 s: the read timeout restarted with every
+/// byte. Now the pull has a deadline and a minimum rate.
+#[test]
+fn a_trickling_registry_is_given_up_with_the_reason() {
+    let host = scripted_registry(|url| match url {
+        "/v2/slow/manifest/manifests/1" => Some(trickle(400, 1, Duration::from_secs(1), Some(400))),
+        _ => None,
+    });
+    let s = Sandbox::new();
+    let reference = format!("oci://{host}/slow/manifest:1");
+    let (run, _) = compile_measured(&s, &host, &reference, &["--pull-timeout", "3s"]);
+    eprintln!(
+        "slow registry, --pull-timeout 3s: failed after {:?}",
+        run.elapsed
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("the pull did not end within its timeout of 3s"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.elapsed < Duration::from_secs(8), "{:?}", run.elapsed);
+    let (run, _) = compile_measured(&s, &host, &reference, &[]);
+    eprintln!("slow registry, defaults: failed after {:?}", run.elapsed);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("the registry is too slow")
+            && run.stderr.contains("below the minimum rate of 8 KiB/s"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.elapsed < Duration::from_secs(15), "{:?}", run.elapsed);
+}
+
+#[test]
+fn repository_names_outside_the_distribution_grammar_are_located_errors() {
+    let s = Sandbox::new();
+    s.write(
+        "lifehook.toml",
+        "[[pre-stop.steps]]\nname = \"hook\"\nplugin = \"oci://registry.example.com/../../etc:1\"\n",
+    );
+    let check = s.lifehook(&["check"]);
+    assert_eq!(check.code, 2, "{}", check.stderr);
+    assert!(
+        check
+            .stderr
+            .contains("outside the OCI distribution grammar")
+            && check.stderr.contains("lifehook.toml:3:"),
+        "{}",
+        check.stderr
+    );
+}
