@@ -238,3 +238,109 @@ fn python_plugin_runs() {
         run.stderr
     );
 }
+
+/// `check --pod` with no `-f` and no `lifehook.toml` here: the pipeline the
+/// manifest carries in a ConfigMap is used; without one, "no pipeline given".
+#[test]
+fn check_pod_without_a_pipeline_file_uses_the_manifests_configmap() {
+    let s = Sandbox::new();
+    let manifest = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/kubernetes/deployment.yaml"
+    );
+    let carried = s.lifehook(&["check", "--pod", manifest]);
+    assert_eq!(carried.code, 0, "{}\n{}", carried.stdout, carried.stderr);
+    assert!(
+        carried
+            .stdout
+            .contains("pipeline: ConfigMap app-lifehook, key lifehook.toml in"),
+        "{}",
+        carried.stdout
+    );
+    s.write(
+        "no-configmap.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: { name: p }\nspec:\n  containers:\n    - name: app\n      image: app\n",
+    );
+    let none = s.lifehook(&["check", "--pod", "no-configmap.yaml"]);
+    assert_eq!(none.code, 2, "{}", none.stderr);
+    assert!(
+        none.stderr.contains("no pipeline given: pass -f FILE"),
+        "{}",
+        none.stderr
+    );
+    assert!(!none.stderr.contains("Caused by"), "{}", none.stderr);
+}
+
+#[test]
+fn an_unreadable_pod_manifest_is_invalid_input() {
+    let s = Sandbox::new();
+    s.pipeline(
+        "[[pre-stop.steps]]\nname = \"one\"\nplugin = \"@hook\"\nconfig = { mode = \"ok\" }\n",
+    );
+    let missing = s.lifehook(&["check", "--pod", "missing.yaml"]);
+    assert_eq!(missing.code, 2, "{}", missing.stderr);
+    assert!(
+        missing
+            .stderr
+            .contains("cannot read the Kubernetes manifest missing.yaml"),
+        "{}",
+        missing.stderr
+    );
+}
+
+/// An error whose message already ends with its cause does not repeat it
+/// under `Caused by:`; a lock file that is not TOML keeps the TOML error,
+/// with its line and column.
+#[test]
+fn errors_say_each_cause_once_and_the_lock_files_toml_error_is_kept() {
+    let s = Sandbox::new();
+    s.pipeline(
+        "[[pre-stop.steps]]\nname = \"one\"\nplugin = \"@hook\"\nconfig = { mode = \"ok\" }\n",
+    );
+    std::fs::create_dir(s.path("lifehook.lock")).expect("a directory where the lock file goes");
+    let run = s.lifehook(&["run"]);
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("cannot read the lock file"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        run.stderr.matches("Is a directory").count(),
+        1,
+        "the cause once:\n{}",
+        run.stderr
+    );
+    std::fs::remove_dir(s.path("lifehook.lock")).expect("remove");
+    s.write("lifehook.lock", "[plugins]\n\"oci://r.io/a:1\" = 42\n");
+    let run = s.lifehook(&["run"]);
+    assert_ne!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("cannot parse the lock file")
+            && run.stderr.contains("Caused by")
+            && run.stderr.contains("line 2"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// The always-steps' reserve can take the whole deadline; `run` says so
+/// instead of "the phase deadline was reached" after a few milliseconds.
+#[test]
+fn run_says_when_the_reserve_for_always_steps_leaves_no_time() {
+    let s = Sandbox::new();
+    s.pipeline(
+        "[pre-stop]\ndeadline = \"10s\"\n\n[[pre-stop.steps]]\nname = \"work\"\nplugin = \"@hook\"\nconfig = { mode = \"ok\" }\n\n[[pre-stop.steps]]\nname = \"cleanup\"\nplugin = \"@hook\"\nalways = true\nconfig = { mode = \"ok\" }\n",
+    );
+    let run = s.run(&[]);
+    let work = run.step("work");
+    assert_eq!(work["outcome"], "skipped", "{work:#}");
+    let message = work["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("no time was left for it")
+            && message.contains("kept for always-steps")
+            && message.contains("lifehook check"),
+        "{message}"
+    );
+    run.assert_outcome("cleanup", "ok");
+}

@@ -110,6 +110,28 @@ pub fn parse(
     env: &dyn Fn(&str) -> Option<String>,
     only: Option<PhaseName>,
 ) -> Result<Pipeline, Diagnostics> {
+    parse_with(source, path, env, only, true)
+}
+
+/// Like [`parse`], for a pipeline that runs on another filesystem (the one
+/// a Kubernetes manifest carries in a ConfigMap for its container): plugin
+/// files are not looked for here.
+pub fn parse_elsewhere(
+    source: &str,
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    only: Option<PhaseName>,
+) -> Result<Pipeline, Diagnostics> {
+    parse_with(source, path, env, only, false)
+}
+
+fn parse_with(
+    source: &str,
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    only: Option<PhaseName>,
+    plugin_files_here: bool,
+) -> Result<Pipeline, Diagnostics> {
     // The toml crate's own errors (syntax, wrong types, our unit visitors'
     // messages) are kept as they are, located at their span.
     let toml_error = |e: toml::de::Error| {
@@ -128,7 +150,7 @@ pub fn parse(
     }
     let raw =
         schema::RawPipeline::deserialize(toml::de::Deserializer::from(doc)).map_err(toml_error)?;
-    plan::resolve(raw, path, source, env, only)
+    plan::resolve(raw, path, source, env, only, plugin_files_here)
 }
 
 #[cfg(test)]

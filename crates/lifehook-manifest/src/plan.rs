@@ -352,6 +352,8 @@ struct Resolver<'a> {
     source: &'a str,
     lines: crate::diagnostic::LineIndex,
     base_dir: PathBuf,
+    /// Whether plugin files are on this filesystem, to be looked for.
+    plugin_files_here: bool,
     env: &'a dyn Fn(&str) -> Option<String>,
     problems: Vec<Diagnostic>,
     findings: Vec<Diagnostic>,
@@ -364,6 +366,7 @@ pub(crate) fn resolve(
     source: &str,
     env: &dyn Fn(&str) -> Option<String>,
     only: Option<PhaseName>,
+    plugin_files_here: bool,
 ) -> Result<Pipeline, Diagnostics> {
     let base_dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
@@ -375,6 +378,7 @@ pub(crate) fn resolve(
         source,
         lines: crate::diagnostic::LineIndex::new(source),
         base_dir,
+        plugin_files_here,
         env,
         problems: Vec::new(),
         findings: Vec::new(),
@@ -845,6 +849,9 @@ impl Resolver<'_> {
             return PathBuf::new();
         }
         let path = self.base_dir.join(text);
+        if !self.plugin_files_here {
+            return path;
+        }
         match std::fs::metadata(&path) {
             Ok(m) if m.is_file() => {}
             Ok(_) => self.problem(

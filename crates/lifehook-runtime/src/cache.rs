@@ -550,6 +550,49 @@ mod tests {
         );
     }
 
+    /// A plugin rewritten in place (`cp new.wasm plugin.wasm` truncates it
+    /// first) while lifehook reads it must not kill the process: a mapped
+    /// file that shrinks raises SIGBUS, which would end this test binary.
+    #[test]
+    fn a_plugin_rewritten_in_place_while_it_is_read_is_not_fatal() {
+        let dir = tempfile::tempdir().expect("dir");
+        let plugin = dir.path().join("plugin.wasm");
+        let content = vec![7u8; 16 << 20];
+        fs::write(&plugin, &content).expect("write");
+        let cache = ArtifactCache::new(dir.path().join("cache"));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (plugin, stop) = (plugin.clone(), stop.clone());
+            std::thread::spawn(move || {
+                use std::io::Write as _;
+                let mut rewrites = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // Truncated, then written again, in the same inode.
+                    let mut f = fs::OpenOptions::new()
+                        .write(true)
+                        .truncate(true)
+                        .open(&plugin)
+                        .expect("open in place");
+                    for chunk in content.chunks(1 << 20) {
+                        f.write_all(chunk).expect("write");
+                    }
+                    rewrites += 1;
+                }
+                rewrites
+            })
+        };
+        let started = Instant::now();
+        let mut reads = 0u32;
+        while started.elapsed() < std::time::Duration::from_millis(1500) {
+            // Whatever it reads, it reads; no artifact is there either way.
+            assert!(matches!(cache.artifact_of(&plugin), Ok(None)));
+            reads += 1;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let rewrites = writer.join().expect("writer");
+        assert!(reads > 5 && rewrites > 5, "{reads} reads, {rewrites} rewrites");
+    }
+
     #[test]
     fn artifact_name_follows_content() {
         let cache = ArtifactCache::new("/c");

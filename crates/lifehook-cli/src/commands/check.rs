@@ -121,7 +121,7 @@ impl Check {
         // Diagnostics name the ConfigMap; relative plugin paths resolve next
         // to the manifest.
         let path = manifest.with_file_name(format!("{}[{}]", file_name(manifest), carried.origin));
-        let pipeline = lifehook_manifest::parse(
+        let pipeline = lifehook_manifest::parse_elsewhere(
             &carried.source,
             &path,
             &|name| std::env::var(name).ok(),

@@ -191,9 +191,95 @@ pub struct UsageError(pub String);
 mod tests {
     use super::*;
     use clap::CommandFactory as _;
+    use clap::Parser as _;
 
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// The README's command-line synopsis, one invocation per command with
+    /// every optional part filled in (the first of each alternative).
+    fn readme_synopsis() -> Vec<(String, Vec<String>)> {
+        let readme = include_str!("../../../../README.md");
+        let block = readme
+            .split("## The command line\n\n```text\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("the README has a command-line synopsis");
+        let mut lines: Vec<String> = Vec::new();
+        for line in block.lines() {
+            let line = line.split(" # ").next().unwrap_or_default();
+            match lines.last_mut() {
+                Some(last) if line.starts_with(' ') => *last += line,
+                _ => lines.push(line.to_owned()),
+            }
+        }
+        lines
+            .iter()
+            .map(|line| (line.clone(), invocation(line)))
+            .collect()
+    }
+
+    /// `[a B | c D]` -> `a B`, brackets and `...` dropped, `x|y` -> `x`,
+    /// placeholders replaced by sample values.
+    fn invocation(line: &str) -> Vec<String> {
+        let mut words = Vec::new();
+        let mut skipping_alternative = false;
+        for word in line.split_whitespace() {
+            if word == "|" {
+                skipping_alternative = true;
+                continue;
+            }
+            let closes = word.ends_with(']');
+            let bare = word.trim_matches(['[', ']']).trim_end_matches("...");
+            let bare = bare.trim_end_matches(']');
+            if !skipping_alternative && !bare.is_empty() {
+                let first = bare.split('|').next().unwrap_or(bare);
+                words.push(sample(first).to_owned());
+            }
+            if closes {
+                skipping_alternative = false;
+            }
+        }
+        words
+    }
+
+    fn sample(word: &str) -> &str {
+        match word {
+            "FILE" => "lifehook.toml",
+            "DURATION" => "5s",
+            "DIR" => "cache",
+            "STEP" | "TAG" | "NAME" => "x",
+            "ADDR" => "127.0.0.1:8787",
+            "PATH" => "token",
+            "HOST:PORT" => "registry.example.com:5000",
+            "MANIFEST.yaml" => "pod.yaml",
+            "PLUGIN.wasm" => "plugin.wasm",
+            "oci://REGISTRY/REPO:TAG" => "oci://registry.example.com/hooks/x:1",
+            "COMMAND" => "sh",
+            "ARGS" => "-c",
+            other => other,
+        }
+    }
+
+    #[test]
+    fn every_synopsis_line_of_the_readme_parses() {
+        let synopsis = readme_synopsis();
+        assert!(synopsis.len() >= 8, "{synopsis:?}");
+        for (line, words) in &synopsis {
+            if let Err(e) = Cli::try_parse_from(words) {
+                panic!("the README's synopsis line\n  {line}\nas {words:?} does not parse:\n{e}");
+            }
+        }
+        for sub in Cli::command().get_subcommands() {
+            let name = sub.get_name();
+            assert!(
+                synopsis
+                    .iter()
+                    .any(|(_, words)| words.get(1).map(String::as_str) == Some(name)),
+                "the README's synopsis lacks `lifehook {name}`"
+            );
+        }
     }
 }
