@@ -590,7 +590,10 @@ mod tests {
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let rewrites = writer.join().expect("writer");
-        assert!(reads > 5 && rewrites > 5, "{reads} reads, {rewrites} rewrites");
+        assert!(
+            reads > 5 && rewrites > 5,
+            "{reads} reads, {rewrites} rewrites"
+        );
     }
 
     #[test]

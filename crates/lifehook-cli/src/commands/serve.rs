@@ -39,7 +39,11 @@ use crate::render::{self, EXIT_INVALID, EXIT_OK};
 /// when it ends: 200 with the report, or 500 with it (`Accept:
 /// application/json` for JSON). `/healthz` answers 200. A trigger while the
 /// phase runs joins that run; a trigger after it completed returns the
-/// earlier report unless `?force=1`.
+/// earlier report unless `?force=1`. A trigger takes no body (413).
+///
+/// Each connection serves one request and is closed. On SIGTERM or SIGINT
+/// the server finishes the runs in progress, answering their callers and
+/// `/healthz`, refuses to start new ones (503), and exits when they end.
 ///
 /// On any address but loopback a token is required (--token-file or
 /// --token-env): requests must send `Authorization: Bearer <token>` (in
