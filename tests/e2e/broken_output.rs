@@ -5,7 +5,7 @@
 //! lifehook exits with the application's code.
 
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use crate::support::http::TestServer;

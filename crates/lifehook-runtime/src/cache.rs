@@ -583,7 +583,7 @@ mod tests {
         };
         let started = Instant::now();
         let mut reads = 0u32;
-        while started.elapsed() < std::time::Duration::from_millis(1500) {
+        while started.elapsed() < Duration::from_millis(1500) {
             // Whatever it reads, it reads; no artifact is there either way.
             assert!(matches!(cache.artifact_of(&plugin), Ok(None)));
             reads += 1;

@@ -191,7 +191,6 @@ pub struct UsageError(pub String);
 mod tests {
     use super::*;
     use clap::CommandFactory as _;
-    use clap::Parser as _;
 
     #[test]
     fn cli_definition_is_consistent() {
