@@ -9,7 +9,8 @@
 //! ```
 //! - `--events FILE`: append `start`, each signal by name, `read <text>`,
 //!   `exit <code>`.
-//! - `--state FILE`: rewrite FILE with a growing counter every 50 ms.
+//! - `--state FILE`: overwrite FILE in place with a growing counter (12
+//!   digits) every 50 ms.
 //! - `--serve ADDR`: answer every HTTP request with the state file.
 //! - `--wait-for FILE`: once FILE exists, record `read <its contents>`.
 //! - `--exit-on-term CODE`: exit with CODE on SIGTERM or SIGINT (default 0).
@@ -132,7 +133,15 @@ fn main() {
     if let Some(state) = o.state.clone() {
         std::thread::spawn(move || {
             for n in 0u64.. {
-                let _ = std::fs::write(&state, format!("{n}\n"));
+                // Overwritten in place at a fixed width, never truncated: a
+                // snapshot taken at any moment holds a whole counter (a
+                // truncate-then-write left an empty file in one window).
+                let _ = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&state)
+                    .and_then(|mut f| f.write_all(format!("{n:012}\n").as_bytes()));
                 std::thread::sleep(Duration::from_millis(50));
             }
         });
