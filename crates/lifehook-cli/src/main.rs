@@ -9,6 +9,7 @@
 
 mod commands;
 mod delivery;
+mod exit;
 mod logging;
 mod output;
 mod pod;
@@ -121,8 +122,8 @@ fn error_code(e: &anyhow::Error) -> i32 {
         .is_some()
         || e.downcast_ref::<commands::UsageError>().is_some()
     {
-        render::EXIT_INVALID
+        exit::EXIT_INVALID
     } else {
-        render::EXIT_INTERNAL
+        exit::EXIT_INTERNAL
     }
 }

@@ -1,27 +1,13 @@
 //! The run report for people (a compact table, headline first, so that the
 //! part Kubernetes keeps of a failed hook's output is the useful part) and
-//! for machines (JSON with the exit code), and the exit codes themselves.
+//! for machines (JSON with the exit code), and the exit code of a phase.
 
 use std::fmt::Write as _;
 
 use lifehook_runtime::{Outcome, PhaseReport, PhaseStatus};
 use lifehook_units::format_duration;
 
-/// Exit code: every step succeeded, or failed with `on-failure = "continue"`.
-pub const EXIT_OK: i32 = 0;
-/// Exit code: a step with `on-failure = "abort"` failed; later steps skipped.
-pub const EXIT_ABORTED: i32 = 1;
-/// Exit code: the pipeline file or the command line is invalid.
-pub const EXIT_INVALID: i32 = 2;
-/// Exit code: the phase deadline was reached; steps were cut or skipped.
-pub const EXIT_DEADLINE: i32 = 3;
-/// Exit code: lifehook itself failed (could not start its engine, say).
-pub const EXIT_INTERNAL: i32 = 4;
-/// Exit code of `exec`: the application's command was found but cannot be
-/// executed (as shells report it).
-pub const EXIT_CANNOT_EXECUTE: i32 = 126;
-/// Exit code of `exec`: the application's command was not found.
-pub const EXIT_NOT_FOUND: i32 = 127;
+use crate::exit::{EXIT_ABORTED, EXIT_DEADLINE, EXIT_OK};
 
 /// The documented exit code of a phase's status.
 pub fn exit_code(status: PhaseStatus) -> i32 {

@@ -9,7 +9,7 @@ use lifehook_runtime::Selection;
 
 use super::common::{Kinds, describe_phase, load_plugins, print_out, print_problems};
 use super::{CacheArgs, DEFAULT_PIPELINE, PhaseArg, PipelineArgs, RegistryArgs, UsageError};
-use crate::render::{EXIT_INVALID, EXIT_OK};
+use crate::exit::{EXIT_INVALID, EXIT_OK};
 
 /// Check the pipeline file, that every plugin loads and has the right
 /// exports, and that the time budget fits; print each phase's plan and

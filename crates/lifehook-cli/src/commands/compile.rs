@@ -134,9 +134,9 @@ impl Compile {
         print_out(&out);
         print_problems(&problems);
         Ok(if problems.is_empty() {
-            crate::render::EXIT_OK
+            crate::exit::EXIT_OK
         } else {
-            crate::render::EXIT_INVALID
+            crate::exit::EXIT_INVALID
         })
     }
 

@@ -18,8 +18,9 @@ use tokio::task::JoinHandle;
 use super::common::tokio_runtime;
 use super::run::parse_duration;
 use super::{CacheArgs, PipelineArgs, RegistryArgs};
+use crate::exit::{EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND};
 use crate::output::print_err;
-use crate::render::{self, EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND};
+use crate::render;
 use crate::supervisor::{App, Ended, become_subreaper, signal_name};
 
 /// Run an application under lifehook: post-start alongside it, pre-stop on

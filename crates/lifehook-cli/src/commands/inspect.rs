@@ -10,7 +10,7 @@ use wasmparser::{Parser, Payload};
 
 use super::common::print_out;
 use super::{CacheArgs, UsageError};
-use crate::render::EXIT_OK;
+use crate::exit::EXIT_OK;
 
 /// Show what a plugin is: hook component or command, its imports and
 /// exports as WIT, the grants it could use, the contract version it targets

@@ -20,19 +20,11 @@ use lifehook_runtime::{ArtifactCache, Runner, Runtime};
 
 use crate::logging::LogArgs;
 
-const EXIT_CODES: &str = "\
-Exit codes:
-  0  every step succeeded, or failed with on-failure = \"continue\"
-  1  a step with on-failure = \"abort\" failed; the steps after it were skipped
-  2  the pipeline file or the command line is invalid (every problem is listed)
-  3  the phase deadline was reached; running steps were stopped, the rest skipped
-  4  lifehook itself failed (for example, its engine could not start)";
-
 /// Runs container lifecycle hooks (Kubernetes preStop / postStart) as a
 /// pipeline of sandboxed WebAssembly plugins, each under fuel, time and memory
 /// limits and with only the capabilities it is granted.
 #[derive(Debug, Parser)]
-#[command(name = "lifehook", version, after_help = EXIT_CODES)]
+#[command(name = "lifehook", version, after_help = crate::exit::help())]
 pub struct Cli {
     #[command(flatten)]
     pub log: LogArgs,

@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 
 use super::UsageError;
 use super::common::print_out;
-use crate::render::EXIT_OK;
+use crate::exit::EXIT_OK;
 
 /// Create a plugin project: source, its build, the WIT contract, a README
 /// with the one build command, and an example pipeline that runs it.

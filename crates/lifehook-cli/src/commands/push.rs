@@ -80,7 +80,7 @@ impl Push {
             config,
         ))?;
         super::common::print_out(&format!("{}\n", reference.pinned(&digest)));
-        Ok(crate::render::EXIT_OK)
+        Ok(crate::exit::EXIT_OK)
     }
 
     #[cfg(not(feature = "oci"))]

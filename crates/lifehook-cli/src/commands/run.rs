@@ -9,7 +9,8 @@ use lifehook_runtime::{RunOptions, Runner, Selection};
 use super::common::{describe_phase, load_plugins, print_out, print_problems, tokio_runtime};
 use super::{CacheArgs, PhaseArg, PipelineArgs, RegistryArgs, ReportFormat, UsageError};
 use crate::delivery::{Claim, Delivery, Guard};
-use crate::render::{self, EXIT_DEADLINE, EXIT_INVALID, EXIT_OK};
+use crate::exit::{EXIT_DEADLINE, EXIT_INVALID, EXIT_OK};
+use crate::render;
 
 /// Run one phase of the pipeline and print its report.
 ///

@@ -30,8 +30,9 @@ use tokio::sync::{Notify, watch};
 
 use super::common::{load_plugins, print_problems, tokio_runtime};
 use super::{CacheArgs, PipelineArgs, RegistryArgs, UsageError};
+use crate::exit::{EXIT_INVALID, EXIT_OK};
 use crate::output::print_err;
-use crate::render::{self, EXIT_INVALID, EXIT_OK};
+use crate::render;
 
 /// Serve the pipeline's phases over HTTP, for `httpGet` hooks or a sidecar.
 ///
