@@ -97,6 +97,9 @@ pub struct Serve {
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest request (headers) accepted.
 const MAX_REQUEST: usize = 16 << 10;
+/// How long a stopping server waits for the answers of its last runs to
+/// be written.
+const SETTLE: Duration = Duration::from_secs(1);
 
 impl Serve {
     /// The address it listens on.
@@ -209,6 +212,9 @@ impl Serve {
             let _ = stream.set_nodelay(true);
             tokio::spawn(serve_connection(server.clone(), slot, stream, peer));
         }
+        // The last runs have ended; their callers' answers are being
+        // written.
+        slots.settle(SETTLE).await;
         // The process ends next (see `run` on why not to drop plugins).
         std::mem::forget(server);
         Ok(EXIT_OK)
@@ -333,6 +339,21 @@ impl Slots {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<SlotState>>> {
         self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits, at most `limit`, until no connection is being answered.
+    async fn settle(&self, limit: Duration) {
+        let until = tokio::time::Instant::now() + limit;
+        loop {
+            let freed = self.freed.notified();
+            let answering = self
+                .lock()
+                .iter()
+                .any(|s| s.phase.load(Ordering::Acquire) == ANSWERING);
+            if !answering || tokio::time::timeout_at(until, freed).await.is_err() {
+                return;
+            }
+        }
     }
 
     /// A slot for a new connection: a free one, the oldest waiting one's,
