@@ -8,7 +8,7 @@ use lifehook_manifest::{Pipeline, Severity};
 use lifehook_runtime::Selection;
 
 use super::common::{Kinds, describe_phase, load_plugins, print_out, print_problems};
-use super::{CacheArgs, DEFAULT_PIPELINE, PhaseArg, PipelineArgs, RegistryArgs, UsageError};
+use super::{DEFAULT_PIPELINE, PhaseArg, Target, UsageError};
 use crate::exit::{EXIT_INVALID, EXIT_OK};
 
 /// Check the pipeline file, that every plugin loads and has the right
@@ -22,13 +22,7 @@ Examples:
   lifehook check -f deploy/lifehook.toml --pod deploy/deployment.yaml")]
 pub struct Check {
     #[command(flatten)]
-    pipeline: PipelineArgs,
-
-    #[command(flatten)]
-    cache: CacheArgs,
-
-    #[command(flatten)]
-    registries: RegistryArgs,
+    target: Target,
 
     /// Check only this phase (both by default).
     #[arg(long, value_enum)]
@@ -55,8 +49,8 @@ impl Check {
                 (pipeline, Kinds::new(), Vec::new())
             }
             None => {
-                let pipeline = lifehook_manifest::load(&self.pipeline.file, only)?;
-                let runner = self.cache.runner(&pipeline, &self.registries)?;
+                let pipeline = lifehook_manifest::load(&self.target.pipeline.file, only)?;
+                let runner = self.target.runner(&pipeline)?;
                 let (kinds, problems) =
                     load_plugins(&runner, pipeline.phases.iter().flat_map(|p| &p.steps));
                 (pipeline, kinds, problems)
@@ -104,9 +98,9 @@ impl Check {
         let Some(manifest) = &self.pod else {
             return Ok(None);
         };
-        let given = self.pipeline.file != Path::new(DEFAULT_PIPELINE)
+        let given = self.target.pipeline.file != Path::new(DEFAULT_PIPELINE)
             || std::env::var_os("LIFEHOOK_CONFIG").is_some()
-            || self.pipeline.file.exists();
+            || self.target.pipeline.file.exists();
         if given {
             return Ok(None);
         }

@@ -3,7 +3,7 @@
 
 use clap::Args;
 
-use super::{CacheArgs, PhaseArg, PipelineArgs, RegistryArgs};
+use super::{PhaseArg, Target};
 
 /// Precompile every plugin the pipeline names, so `run` loads machine code
 /// instead of compiling (do it once, when building the image). OCI plugins
@@ -26,13 +26,7 @@ In a Dockerfile, after copying the pipeline and its plugins:
   RUN [\"/lifehook\", \"compile\", \"-f\", \"/etc/lifehook/lifehook.toml\"]")]
 pub struct Compile {
     #[command(flatten)]
-    pipeline: PipelineArgs,
-
-    #[command(flatten)]
-    cache: CacheArgs,
-
-    #[command(flatten)]
-    registries: RegistryArgs,
+    target: Target,
 
     /// Compile only the plugins of this phase (both by default).
     #[arg(long, value_enum)]
@@ -54,9 +48,10 @@ impl Compile {
         use lifehook_runtime::Runtime;
         use std::path::PathBuf;
 
-        let pipeline = lifehook_manifest::load(&self.pipeline.file, self.phase.map(Into::into))?;
-        let cache = self.cache.cache(&pipeline.path);
-        let mut sources = self.registries.sources(&pipeline, &cache)?;
+        let pipeline =
+            lifehook_manifest::load(&self.target.pipeline.file, self.phase.map(Into::into))?;
+        let cache = self.target.cache.cache(&pipeline.path);
+        let mut sources = self.target.registries.sources(&pipeline, &cache)?;
         let plugins = distinct_plugins(pipeline.phases.iter().flat_map(|p| &p.steps));
         let mut out = format!("compiled into {}\n", cache.dir().display());
         let mut problems = Vec::new();
@@ -142,13 +137,7 @@ impl Compile {
 
     #[cfg(not(feature = "compiler"))]
     pub fn execute(self) -> anyhow::Result<i32> {
-        let _ = (
-            &self.pipeline,
-            &self.cache,
-            &self.registries,
-            self.phase,
-            self.update,
-        );
+        let _ = (&self.target, self.phase, self.update);
         anyhow::bail!(
             "this lifehook was built without a compiler (runtime-only); run `lifehook compile` with a full build of the same version"
         )

@@ -15,9 +15,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::Target;
 use super::common::tokio_runtime;
 use super::run::parse_duration;
-use super::{CacheArgs, PipelineArgs, RegistryArgs};
 use crate::exit::{EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND};
 use crate::output::print_err;
 use crate::render;
@@ -59,13 +59,7 @@ Exit codes:
   2, 4     as for `run`: an invalid pipeline or command line, an internal failure")]
 pub struct Exec {
     #[command(flatten)]
-    pipeline: PipelineArgs,
-
-    #[command(flatten)]
-    cache: CacheArgs,
-
-    #[command(flatten)]
-    registries: RegistryArgs,
+    target: Target,
 
     /// Time from the stop signal to SIGKILL, like the pod's
     /// terminationGracePeriodSeconds. Pre-stop gets at most this; the
@@ -88,8 +82,8 @@ const MIN_DRAIN: Duration = Duration::from_secs(2);
 
 impl Exec {
     pub fn execute(self) -> anyhow::Result<i32> {
-        let pipeline = lifehook_manifest::load(&self.pipeline.file, None)?;
-        let runner = self.cache.runner(&pipeline, &self.registries)?;
+        let pipeline = lifehook_manifest::load(&self.target.pipeline.file, None)?;
+        let runner = self.target.runner(&pipeline)?;
         let runtime = tokio_runtime()?;
         let code = runtime.block_on(self.supervise(&pipeline, runner))?;
         runtime.shutdown_background();

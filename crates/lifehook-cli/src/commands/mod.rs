@@ -62,6 +62,32 @@ impl Command {
     }
 }
 
+/// What `run`, `check`, `compile`, `exec` and `serve` work on: the pipeline
+/// file, the cache of precompiled plugins, the registries.
+#[derive(Debug, Args)]
+pub struct Target {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+
+    #[command(flatten)]
+    pub cache: CacheArgs,
+
+    #[command(flatten)]
+    pub registries: RegistryArgs,
+}
+
+impl Target {
+    /// A runner for `pipeline`: a fresh engine, loading precompiled plugins
+    /// from the cache, and OCI plugins through the registries.
+    pub fn runner(&self, pipeline: &Pipeline) -> anyhow::Result<Runner> {
+        use anyhow::Context as _;
+        let cache = self.cache.cache(&pipeline.path);
+        let sources = self.registries.sources(pipeline, &cache)?;
+        let rt = Runtime::new().context("cannot start the WebAssembly engine")?;
+        Ok(Runner::new(rt, Some(cache), sources))
+    }
+}
+
 /// The pipeline file when none is given.
 pub const DEFAULT_PIPELINE: &str = "lifehook.toml";
 
@@ -128,16 +154,6 @@ impl RegistryArgs {
 }
 
 impl CacheArgs {
-    /// A runner with a fresh engine, loading precompiled plugins from the
-    /// cache for `pipeline`, and OCI plugins through `registries`.
-    pub fn runner(&self, pipeline: &Pipeline, registries: &RegistryArgs) -> anyhow::Result<Runner> {
-        use anyhow::Context as _;
-        let cache = self.cache(&pipeline.path);
-        let sources = registries.sources(pipeline, &cache)?;
-        let rt = Runtime::new().context("cannot start the WebAssembly engine")?;
-        Ok(Runner::new(rt, Some(cache), sources))
-    }
-
     /// The cache for the pipeline at `pipeline`.
     pub fn cache(&self, pipeline: &Path) -> ArtifactCache {
         ArtifactCache::new(self.cache.clone().unwrap_or_else(|| {

@@ -7,7 +7,7 @@ use lifehook_manifest::{Phase, PhaseName, Pipeline};
 use lifehook_runtime::{RunOptions, Runner, Selection};
 
 use super::common::{describe_phase, load_plugins, print_out, print_problems, tokio_runtime};
-use super::{CacheArgs, PhaseArg, PipelineArgs, RegistryArgs, ReportFormat, UsageError};
+use super::{PhaseArg, ReportFormat, Target, UsageError};
 use crate::delivery::{Claim, Delivery, Guard};
 use crate::exit::{EXIT_DEADLINE, EXIT_INVALID, EXIT_OK};
 use crate::render;
@@ -34,13 +34,7 @@ In a Kubernetes container spec:
       exec: { command: [\"/lifehook\", \"run\", \"--phase\", \"pre-stop\", \"-f\", \"/etc/lifehook/lifehook.toml\"] }")]
 pub struct Run {
     #[command(flatten)]
-    pipeline: PipelineArgs,
-
-    #[command(flatten)]
-    cache: CacheArgs,
-
-    #[command(flatten)]
-    registries: RegistryArgs,
+    target: Target,
 
     /// The phase to run.
     #[arg(long, value_enum, default_value = "pre-stop")]
@@ -144,7 +138,7 @@ impl Run {
 
     /// The pipeline file it names.
     pub fn pipeline_file(&self) -> &std::path::Path {
-        &self.pipeline.file
+        &self.target.pipeline.file
     }
 
     /// Its `--deadline`, if given.
@@ -172,13 +166,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 impl Run {
     pub fn execute(self) -> anyhow::Result<i32> {
         let phase_name = PhaseName::from(self.phase);
-        let pipeline = lifehook_manifest::load(&self.pipeline.file, Some(phase_name))?;
+        let pipeline = lifehook_manifest::load(&self.target.pipeline.file, Some(phase_name))?;
         let Some(phase) = pipeline.phase(phase_name) else {
             // Nothing to do is not a failure: the same image may define only
             // one of the two hooks in its pipeline file.
             tracing::warn!(
                 "{} has no [{phase_name}] section; nothing to run",
-                self.pipeline.file.display()
+                self.target.pipeline.file.display()
             );
             print_out(&format!("lifehook {phase_name}: ok - no steps\n"));
             return Ok(EXIT_OK);
@@ -197,7 +191,7 @@ impl Run {
             },
             _ => None,
         };
-        let runner = self.cache.runner(&pipeline, &self.registries)?;
+        let runner = self.target.runner(&pipeline)?;
         if let Some(started) = crate::STARTED.get() {
             tracing::debug!(
                 "pipeline loaded and engine ready {:?} after start",

@@ -29,7 +29,7 @@ use lifehook_runtime::{PhaseStatus, RunOptions, Runner};
 use tokio::sync::{Notify, watch};
 
 use super::common::{load_plugins, print_problems, tokio_runtime};
-use super::{CacheArgs, PipelineArgs, RegistryArgs, UsageError};
+use super::{Target, UsageError};
 use crate::exit::{EXIT_INVALID, EXIT_OK};
 use crate::output::print_err;
 use crate::render;
@@ -64,13 +64,7 @@ In a container spec (the kubelet calls the pod IP):
         httpHeaders: [{ name: Authorization, value: \"Bearer <token>\" }]")]
 pub struct Serve {
     #[command(flatten)]
-    pipeline: PipelineArgs,
-
-    #[command(flatten)]
-    cache: CacheArgs,
-
-    #[command(flatten)]
-    registries: RegistryArgs,
+    target: Target,
 
     /// Where to listen, like 127.0.0.1:8787, or 0.0.0.0:8787 for the
     /// kubelet (which calls the pod IP; a token is then required).
@@ -121,8 +115,8 @@ impl Serve {
             ))
             .into());
         }
-        let pipeline = lifehook_manifest::load(&self.pipeline.file, None)?;
-        let runner = self.cache.runner(&pipeline, &self.registries)?;
+        let pipeline = lifehook_manifest::load(&self.target.pipeline.file, None)?;
+        let runner = self.target.runner(&pipeline)?;
         let (_, problems) = load_plugins(&runner, pipeline.phases.iter().flat_map(|p| &p.steps));
         if !problems.is_empty() {
             print_problems(&problems);
