@@ -288,12 +288,8 @@ async fn fetch_manifest(
     let status = response.status();
     if !status.is_success() {
         return Err(match status.as_u16() {
-            401 | 403 => {
-                format!("the registry refused the credentials given (or none) at {url}: {LOGIN}")
-            }
-            404 => format!(
-                "no such tag or digest in the registry ({url}): check the name, or push it with `lifehook push`"
-            ),
+            401 | 403 => refused_credentials(&url),
+            404 => unknown_reference(&url),
             code => format!("the registry answered {code} for the manifest at {url}"),
         });
     }
@@ -452,6 +448,18 @@ pub async fn push(
 /// How to give credentials, for a refusal.
 const LOGIN: &str = "set LIFEHOOK_REGISTRY_USERNAME and LIFEHOOK_REGISTRY_PASSWORD, or log in with `podman login` / `docker login`";
 
+/// A registry's refusal of the credentials given (or of none) at `url`.
+fn refused_credentials(url: &str) -> String {
+    format!("the registry refused the credentials given (or none) at {url}: {LOGIN}")
+}
+
+/// A registry's "no such tag or digest" for `url`.
+fn unknown_reference(url: &str) -> String {
+    format!(
+        "no such tag or digest in the registry ({url}): check the name, or push it with `lifehook push`"
+    )
+}
+
 /// A registry error in one line, without the chain of wrappers.
 fn describe(e: &oci_client::errors::OciDistributionError, registry: &str) -> String {
     use oci_client::errors::OciDistributionError as E;
@@ -462,9 +470,7 @@ fn describe(e: &oci_client::errors::OciDistributionError, registry: &str) -> Str
             code: 401 | 403,
             url,
             ..
-        } => {
-            format!("the registry refused the credentials given (or none) at {url}: {LOGIN}")
-        }
+        } => refused_credentials(url),
         E::RegistryError { envelope, url } => {
             use oci_client::errors::OciErrorCode as C;
             let codes: Vec<&C> = envelope.errors.iter().map(|e| &e.code).collect();
@@ -472,9 +478,7 @@ fn describe(e: &oci_client::errors::OciDistributionError, registry: &str) -> Str
                 .iter()
                 .any(|c| matches!(c, C::ManifestUnknown | C::NameUnknown | C::NotFound))
             {
-                format!(
-                    "no such tag or digest in the registry ({url}): check the name, or push it with `lifehook push`"
-                )
+                unknown_reference(url)
             } else if codes
                 .iter()
                 .any(|c| matches!(c, C::Unauthorized | C::Denied))

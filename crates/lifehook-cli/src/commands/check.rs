@@ -40,7 +40,7 @@ impl Check {
     pub fn execute(self) -> anyhow::Result<i32> {
         let only = self.phase.map(Into::into);
         let mut out = String::new();
-        let (pipeline, kinds, mut problems) = match self.carried_pipeline()? {
+        let (pipeline, kinds, mut problems) = match self.carried_pipeline(only)? {
             // Its plugin paths are paths inside the container: not here.
             Some((pipeline, origin)) => {
                 out += &format!(
@@ -94,7 +94,10 @@ impl Check {
     /// With `--pod` and no pipeline file given (no `-f`, none at the
     /// default path), the pipeline the manifest carries in a ConfigMap, and
     /// where it is; without one there either, "no pipeline given".
-    fn carried_pipeline(&self) -> anyhow::Result<Option<(Pipeline, String)>> {
+    fn carried_pipeline(
+        &self,
+        only: Option<lifehook_manifest::PhaseName>,
+    ) -> anyhow::Result<Option<(Pipeline, String)>> {
         let Some(manifest) = &self.pod else {
             return Ok(None);
         };
@@ -119,7 +122,7 @@ impl Check {
             &carried.source,
             &path,
             &|name| std::env::var(name).ok(),
-            self.phase.map(Into::into),
+            only,
         )
         .map_err(lifehook_manifest::ManifestError::Invalid)?;
         Ok(Some((pipeline, origin)))

@@ -270,6 +270,22 @@ mod tests {
         }
     }
 
+    /// `--pull-timeout`'s default is a string for clap; it must stay the
+    /// runtime's own default.
+    #[test]
+    fn the_pull_timeout_default_is_the_runtimes() {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            registries: RegistryArgs,
+        }
+        let parsed = Only::try_parse_from(["lifehook"]).expect("parse");
+        assert_eq!(
+            parsed.registries.registries(None).pull_timeout,
+            Registries::DEFAULT_PULL_TIMEOUT
+        );
+    }
+
     #[test]
     fn every_synopsis_line_of_the_readme_parses() {
         let synopsis = readme_synopsis();
