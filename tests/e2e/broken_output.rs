@@ -6,12 +6,13 @@
 
 use std::net::TcpStream;
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::http::TestServer;
 use crate::support::registry::Registry;
 use crate::support::{
-    Sandbox, app_events, free_port, lifehook, plugins, send_signal, test_app, wait_until,
+    Sandbox, app_events, free_port, lifehook, plugins, send_signal, test_app, wait_for_exit,
+    wait_until,
 };
 
 /// How lifehook's stdout and stderr are broken.
@@ -62,19 +63,11 @@ fn spawn(s: &Sandbox, broken: Broken, args: &[&str]) -> Child {
 
 /// Waits for `child` (at most 60 s); its exit code.
 fn code(mut child: Child, what: &str) -> i32 {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status
-                .code()
-                .unwrap_or_else(|| panic!("{what}: lifehook was killed by a signal ({status:?})"));
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            panic!("{what}: lifehook did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let status = wait_for_exit(&mut child, Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("{what}: lifehook did not exit"));
+    status
+        .code()
+        .unwrap_or_else(|| panic!("{what}: lifehook was killed by a signal ({status:?})"))
 }
 
 fn run_args(s: &Sandbox, broken: Broken, args: &[&str]) -> i32 {

@@ -9,7 +9,7 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use crate::support::http::TestServer;
-use crate::support::{Sandbox, free_port, lifehook, send_signal, wait_until};
+use crate::support::{Sandbox, free_port, lifehook, send_signal, wait_for_exit, wait_until};
 
 struct Server {
     child: Child,
@@ -384,11 +384,8 @@ fn while_stopping_health_answers_and_no_new_run_starts() {
     assert_eq!(joined.run_kind(), "joined");
     let first = trigger.join().expect("trigger");
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
-    let exited = wait_until(Duration::from_secs(10), || {
-        matches!(server.child.try_wait(), Ok(Some(_)))
-    });
-    assert!(exited, "serve did not exit after its last run");
-    let status = server.child.wait().expect("status");
+    let status = wait_for_exit(&mut server.child, Duration::from_secs(10))
+        .expect("serve exits after its last run");
     assert_eq!(status.code(), Some(0));
 }
 

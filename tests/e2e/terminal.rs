@@ -8,10 +8,10 @@ use std::io::{Read as _, Write as _};
 use std::os::fd::{FromRawFd as _, OwnedFd};
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::http::TestServer;
-use crate::support::{Sandbox, lifehook, wait_until};
+use crate::support::{Sandbox, lifehook, wait_for_exit, wait_until};
 
 /// The controlling side of a pseudo-terminal, and what was read from it.
 struct Pty {
@@ -103,19 +103,6 @@ impl Pty {
     }
 }
 
-fn wait_exit(child: &mut Child, within: Duration) -> Option<i32> {
-    let started = Instant::now();
-    while started.elapsed() < within {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return Some(status.code().unwrap_or(-1));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
-}
-
 #[test]
 fn the_app_reads_the_terminal_and_control_c_runs_pre_stop_once() {
     let (s, backend) = (Sandbox::new(), TestServer::start());
@@ -144,7 +131,7 @@ fn the_app_reads_the_terminal_and_control_c_runs_pre_stop_once() {
     );
     // ^C goes to the foreground group, the app's.
     pty.type_keys(b"\x03");
-    let code = wait_exit(&mut child, Duration::from_secs(20));
+    let code = wait_for_exit(&mut child, Duration::from_secs(20)).map(|s| s.code().unwrap_or(-1));
     let text = pty.text();
     assert_eq!(code, Some(130), "{text}");
     assert!(

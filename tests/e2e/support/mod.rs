@@ -233,6 +233,24 @@ pub fn require_binary(name: &str, package: &str) -> PathBuf {
 }
 
 /// Waits until `ready` returns true, up to `limit`.
+/// Waits at most `within` for `child` to exit; its status, or `None` (then
+/// it is killed and reaped).
+pub fn wait_for_exit(
+    child: &mut std::process::Child,
+    within: Duration,
+) -> Option<std::process::ExitStatus> {
+    let mut status = None;
+    wait_until(within, || {
+        status = child.try_wait().expect("wait for a child");
+        status.is_some()
+    });
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    status
+}
+
 pub fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
     let started = Instant::now();
     while started.elapsed() < limit {
