@@ -18,6 +18,16 @@ pub const EXIT_CANNOT_EXECUTE: i32 = 126;
 /// Exit code of `exec`: the application's command was not found.
 pub const EXIT_NOT_FOUND: i32 = 127;
 
+/// The documented exit code of a phase's status.
+pub fn exit_code(status: lifehook_runtime::PhaseStatus) -> i32 {
+    use lifehook_runtime::PhaseStatus;
+    match status {
+        PhaseStatus::Ok => EXIT_OK,
+        PhaseStatus::Aborted => EXIT_ABORTED,
+        PhaseStatus::DeadlineReached => EXIT_DEADLINE,
+    }
+}
+
 /// One documented exit code.
 pub struct ExitCode {
     /// The code.

@@ -18,6 +18,16 @@ pub fn print_err(text: &str) {
     let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
+/// Prints problems to stderr the one way lifehook lists problems.
+pub fn print_problems(problems: &[String]) {
+    if !problems.is_empty() {
+        print_err(&format!(
+            "{}\n",
+            lifehook_manifest::render_problems(problems)
+        ));
+    }
+}
+
 /// Points standard input, output and error at `/dev/null` where they are
 /// closed, before anything else opens a file. A closed descriptor 1 would
 /// otherwise be handed to the next file lifehook opens (a log file, a

@@ -1,28 +1,28 @@
-//! The run report for people (a compact table, headline first, so that the
-//! part Kubernetes keeps of a failed hook's output is the useful part) and
-//! for machines (JSON with the exit code), and the exit code of a phase.
+//! Everything lifehook shows of a phase: the run report for people (a
+//! compact table, headline first, so that the part Kubernetes keeps of a
+//! failed hook's output is the useful part) and for machines (JSON with the
+//! exit code); and, in [`plan`], the phase before it runs.
+
+pub mod plan;
 
 use std::fmt::Write as _;
 
 use lifehook_runtime::{Outcome, PhaseReport, PhaseStatus};
 use lifehook_units::format_duration;
 
-use crate::exit::{EXIT_ABORTED, EXIT_DEADLINE, EXIT_OK};
+use crate::exit::exit_code;
 
-/// The documented exit code of a phase's status.
-pub fn exit_code(status: PhaseStatus) -> i32 {
-    match status {
-        PhaseStatus::Ok => EXIT_OK,
-        PhaseStatus::Aborted => EXIT_ABORTED,
-        PhaseStatus::DeadlineReached => EXIT_DEADLINE,
-    }
-}
-
-/// The report as JSON, with the exit code it maps to.
-pub fn json(report: &PhaseReport) -> String {
+/// The report as a JSON value, with the exit code it maps to.
+pub fn json_value(report: &PhaseReport) -> serde_json::Value {
     let mut value = serde_json::to_value(report).unwrap_or_default();
     value["exit_code"] = exit_code(report.status).into();
-    serde_json::to_string_pretty(&value).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    value
+}
+
+/// [`json_value`], pretty-printed.
+pub fn json(report: &PhaseReport) -> String {
+    serde_json::to_string_pretty(&json_value(report))
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
 /// The report as a text table, headline first.

@@ -34,8 +34,7 @@
 use std::time::Duration;
 
 use crate::diagnostic::Diagnostic;
-use crate::graph::topological_order;
-use crate::plan::{DEFAULT_APP_RESERVE, Phase, Step};
+use crate::pipeline::{DEFAULT_APP_RESERVE, Phase, Step};
 
 /// The longest a step can take: every attempt to its timeout, and every
 /// backoff between them.
@@ -64,7 +63,8 @@ pub struct Window {
 /// the graph's width makes it later still).
 pub fn timeline(phase: &Phase) -> Vec<Window> {
     let ends = longest_paths(phase, worst_case);
-    topological_order(phase)
+    phase
+        .topological_order()
         .into_iter()
         .map(|i| {
             let step = &phase.steps[i];
@@ -96,14 +96,53 @@ pub fn cleanup_reserve(phase: &Phase, selected: impl Fn(&Step) -> bool) -> Durat
 
 /// For each step, the heaviest path ending with it, weighing steps by `weight`.
 fn longest_paths(phase: &Phase, weight: impl Fn(&Step) -> Duration) -> Vec<Duration> {
-    let edges = phase.edges();
     let mut ends = vec![Duration::ZERO; phase.steps.len()];
-    for i in topological_order(phase) {
+    for i in phase.topological_order() {
         let step = &phase.steps[i];
-        let start = edges[i].all().map(|j| ends[j]).max().unwrap_or_default();
+        let start = phase.edges[i]
+            .all()
+            .map(|j| ends[j])
+            .max()
+            .unwrap_or_default();
         ends[i] = start.saturating_add(weight(step));
     }
     ends
+}
+
+/// A pre-stop deadline and the application's reserve after it, against
+/// the pod's grace period: the kubelet kills the container when the grace
+/// period ends, whatever is still running. Checked for the pipeline's own
+/// `grace-period` and for the pod's `terminationGracePeriodSeconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GraceFit {
+    /// The pre-stop deadline.
+    pub deadline: Duration,
+    /// What the application needs after it ([`DEFAULT_APP_RESERVE`] when
+    /// the file does not say).
+    pub reserve: Duration,
+    /// The grace period.
+    pub grace: Duration,
+}
+
+impl GraceFit {
+    /// The fit of `deadline` and `reserve` (or the default) in `grace`.
+    pub fn new(deadline: Duration, reserve: Option<Duration>, grace: Duration) -> GraceFit {
+        GraceFit {
+            deadline,
+            reserve: reserve.unwrap_or(DEFAULT_APP_RESERVE),
+            grace,
+        }
+    }
+
+    /// Whether the deadline and the reserve both fit.
+    pub fn fits(&self) -> bool {
+        self.deadline.saturating_add(self.reserve) <= self.grace
+    }
+
+    /// The longest deadline that would fit.
+    pub fn longest_deadline(&self) -> Duration {
+        self.grace.saturating_sub(self.reserve)
+    }
 }
 
 /// Budget problems of a resolved phase, located at its deadline (`at` is a
@@ -130,19 +169,19 @@ pub(crate) fn findings(phase: &Phase, at: Diagnostic) -> Vec<Diagnostic> {
         ));
     }
     if let Some(grace) = phase.grace_period {
-        let app = phase.reserve.unwrap_or(DEFAULT_APP_RESERVE);
-        if phase.deadline.saturating_add(app) > grace {
+        let fit = GraceFit::new(phase.deadline, phase.reserve, grace);
+        if !fit.fits() {
             out.push(finding(
                 format!(
                     "[{}] deadline {} and the application's reserve of {} do not fit in the grace period of {}",
                     phase.name,
-                    show(phase.deadline),
-                    show(app),
+                    show(fit.deadline),
+                    show(fit.reserve),
                     show(grace)
                 ),
                 format!(
                     "the container is killed when the grace period ends; lower `deadline` to at most {}, or raise terminationGracePeriodSeconds and `grace-period`",
-                    show(grace.saturating_sub(app))
+                    show(fit.longest_deadline())
                 ),
             ));
         }

@@ -1,6 +1,6 @@
 //! The pipeline file as written: serde types that mirror the TOML, with spans
 //! kept on every value a later check may need to point at. Nothing here is
-//! resolved; see [`crate::plan`] for the checked, resolved form.
+//! resolved; see [`crate::pipeline`] for the checked, resolved form.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use lifehook_manifest::{OnFailure, PhaseName};
+use lifehook_units::millis;
 use serde::Serialize;
 
 use crate::plugin::{CodeSource, PluginKind};
@@ -86,7 +87,7 @@ pub struct StepReport {
     pub code: Option<CodeSource>,
     /// Time spent compiling or loading the plugin (shared by the steps
     /// that use the same plugin; counted in the first attempt's timeout).
-    #[serde(rename = "load_ms", serialize_with = "opt_millis")]
+    #[serde(rename = "load_ms", serialize_with = "millis::opt_fractional")]
     pub load_time: Option<Duration>,
     /// How it ended (the last attempt's outcome).
     pub outcome: Outcome,
@@ -95,7 +96,7 @@ pub struct StepReport {
     /// Attempts made.
     pub attempts: u32,
     /// Wall time of the step, including waits between attempts.
-    #[serde(rename = "duration_ms", serialize_with = "millis")]
+    #[serde(rename = "duration_ms", serialize_with = "millis::whole")]
     pub duration: Duration,
     /// Fuel consumed over all attempts, when known.
     pub fuel_consumed: Option<u64>,
@@ -110,7 +111,7 @@ pub struct StepReport {
     /// True when the phase deadline (not the step's own timeout) cut it.
     pub cut_by_deadline: bool,
     /// When it started, from the phase start (none when skipped).
-    #[serde(rename = "started_ms", serialize_with = "opt_whole_millis")]
+    #[serde(rename = "started_ms", serialize_with = "millis::opt_whole")]
     pub started: Option<Duration>,
     /// The steps it waited for before starting.
     pub waited_for: Vec<String>,
@@ -124,13 +125,13 @@ pub struct PhaseReport {
     /// The pipeline file.
     pub pipeline: PathBuf,
     /// The deadline the phase ran under.
-    #[serde(rename = "deadline_ms", serialize_with = "millis")]
+    #[serde(rename = "deadline_ms", serialize_with = "millis::whole")]
     pub deadline: Duration,
     /// Wall time of the whole phase.
-    #[serde(rename = "duration_ms", serialize_with = "millis")]
+    #[serde(rename = "duration_ms", serialize_with = "millis::whole")]
     pub duration: Duration,
     /// Time kept at the end of the phase for `always` steps.
-    #[serde(rename = "cleanup_reserve_ms", serialize_with = "millis")]
+    #[serde(rename = "cleanup_reserve_ms", serialize_with = "millis::whole")]
     pub cleanup_reserve: Duration,
     /// The deadline was reached.
     pub deadline_hit: bool,
@@ -140,24 +141,6 @@ pub struct PhaseReport {
     pub status: PhaseStatus,
     /// Every step in pipeline order.
     pub steps: Vec<StepReport>,
-}
-
-fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_u64(d.as_millis().try_into().unwrap_or(u64::MAX))
-}
-
-fn opt_whole_millis<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-    match d {
-        Some(d) => millis(d, s),
-        None => s.serialize_none(),
-    }
-}
-
-fn opt_millis<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-    match d {
-        Some(d) => s.serialize_f64((d.as_secs_f64() * 1e6).round() / 1e3),
-        None => s.serialize_none(),
-    }
 }
 
 impl PhaseReport {

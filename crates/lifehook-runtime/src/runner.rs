@@ -136,7 +136,7 @@ impl Runner {
         let steps: Vec<Arc<Step>> = phase.steps.iter().cloned().map(Arc::new).collect();
         // Steps running at once share the process's descriptors, less what
         // lifehook keeps for itself (its log file, the report, markers).
-        let max_open = descriptor_budget() / phase.max_concurrency.max(1);
+        let max_open = descriptor_budget() / crate::scheduler::concurrency(phase);
         let mut schedule = Schedule::new(phase, |i| selection.excludes(&phase.steps[i]));
         let plugins: Vec<&PluginRef> = phase
             .steps
@@ -244,10 +244,13 @@ impl Runner {
         let steps: Vec<StepReport> = reports
             .into_iter()
             .zip(&steps)
-            .map(|(r, s)| {
-                r.unwrap_or_else(|| {
+            .enumerate()
+            .map(|(i, (r, s))| {
+                let mut r = r.unwrap_or_else(|| {
                     step::not_run(s, Outcome::Skipped, "skipped: not reached".into())
-                })
+                });
+                r.waited_for = phase.waits_for(i).map(str::to_owned).collect();
+                r
             })
             .collect();
         PhaseReport {

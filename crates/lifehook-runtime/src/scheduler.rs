@@ -60,19 +60,36 @@ pub(crate) struct Schedule {
     aborted_by: Option<String>,
 }
 
+/// Most steps of `phase` running at once: its `max-concurrency`, or the
+/// CPUs this process may use. Decided here, not in the manifest, because a
+/// pipeline is checked on one machine and run on another.
+pub(crate) fn concurrency(phase: &Phase) -> usize {
+    match phase.max_concurrency {
+        Some(n) => n.max(1),
+        None if phase.steps.len() <= 1 => 1,
+        None => cpu_count(),
+    }
+}
+
+/// The CPUs this process may use, asked once: the answer reads cgroup files,
+/// a noticeable part of a one-step run's start-up.
+fn cpu_count() -> usize {
+    static COUNT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *COUNT.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 impl Schedule {
     /// A schedule for `phase`; `deselected` gives, for each step left out on
     /// the command line, why.
     pub(crate) fn new(phase: &Phase, deselected: impl Fn(usize) -> Option<String>) -> Schedule {
-        let edges = phase.edges();
         Schedule {
             nodes: phase
                 .steps
                 .iter()
-                .zip(edges)
+                .zip(&phase.edges)
                 .map(|(s, e)| Node {
-                    needs: e.needs,
-                    after: e.after,
+                    needs: e.needs.clone(),
+                    after: e.after.clone(),
                     always: s.always,
                     aborts: s.on_failure == OnFailure::Abort,
                 })
@@ -85,7 +102,7 @@ impl Schedule {
                 })
                 .collect(),
             running: 0,
-            max_running: phase.max_concurrency.max(1),
+            max_running: concurrency(phase),
             aborted_by: None,
         }
     }

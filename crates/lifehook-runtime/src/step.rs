@@ -62,7 +62,8 @@ pub(crate) fn not_run(step: &Step, outcome: Outcome, message: String) -> StepRep
         on_failure: step.on_failure,
         cut_by_deadline: false,
         started: None,
-        waited_for: step.waits_for().map(str::to_owned).collect(),
+        // Filled in by the runner, which has the phase's graph.
+        waited_for: Vec::new(),
     }
 }
 

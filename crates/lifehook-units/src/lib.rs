@@ -164,3 +164,36 @@ mod tests {
         assert_eq!(format_size(64 << 20), "64.0 MiB");
     }
 }
+
+/// Durations as milliseconds in JSON, for `#[serde(serialize_with = ...)]`.
+/// Two meanings, named apart: `whole` rounds down to whole milliseconds
+/// (limits, deadlines: values written in the file), `fractional` keeps
+/// microseconds (measured times, where a 0.4 ms load is worth seeing).
+#[cfg(feature = "serde")]
+pub mod millis {
+    use std::time::Duration;
+
+    /// Whole milliseconds, saturating at `u64::MAX`.
+    pub fn whole<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis().try_into().unwrap_or(u64::MAX))
+    }
+
+    /// [`whole`], or `null`.
+    pub fn opt_whole<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => whole(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Milliseconds with three decimals (microseconds), or `null`.
+    pub fn opt_fractional<S: serde::Serializer>(
+        d: &Option<Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_f64((d.as_secs_f64() * 1e6).round() / 1e3),
+            None => s.serialize_none(),
+        }
+    }
+}

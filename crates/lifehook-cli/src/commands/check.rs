@@ -7,9 +7,11 @@ use clap::Args;
 use lifehook_manifest::{Pipeline, Severity};
 use lifehook_runtime::Selection;
 
-use super::common::{Kinds, describe_phase, load_plugins, print_out, print_problems};
+use super::plugins::{Kinds, load_plugins};
 use super::{DEFAULT_PIPELINE, PhaseArg, Target, UsageError};
 use crate::exit::{EXIT_INVALID, EXIT_OK};
+use crate::output::{print_out, print_problems};
+use crate::render::plan::describe_phase;
 
 /// Check the pipeline file, that every plugin loads and has the right
 /// exports, and that the time budget fits; print each phase's plan and

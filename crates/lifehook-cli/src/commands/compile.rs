@@ -42,7 +42,8 @@ pub struct Compile {
 impl Compile {
     #[cfg(feature = "compiler")]
     pub fn execute(self) -> anyhow::Result<i32> {
-        use super::common::{distinct_plugins, print_out, print_problems};
+        use super::plugins::distinct_plugins;
+        use crate::output::{print_out, print_problems};
         use anyhow::Context as _;
         use lifehook_manifest::{PluginRef, PluginSource, PullPolicy};
         use lifehook_runtime::Runtime;
@@ -56,7 +57,7 @@ impl Compile {
         let mut out = format!("compiled into {}\n", cache.dir().display());
         let mut problems = Vec::new();
         // OCI plugins first: a tag resolved now is pinned in the lock file.
-        let io = super::common::tokio_runtime()?;
+        let io = super::tokio_runtime()?;
         let mut files: Vec<(PluginRef, PathBuf)> = Vec::new();
         for plugin in &plugins {
             let local = match &plugin.source {

@@ -16,8 +16,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::Target;
-use super::common::tokio_runtime;
 use super::run::parse_duration;
+use super::tokio_runtime;
 use crate::exit::{EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND};
 use crate::output::print_err;
 use crate::render;

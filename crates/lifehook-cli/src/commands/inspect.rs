@@ -8,9 +8,9 @@ use clap::Args;
 use serde::Serialize;
 use wasmparser::{Parser, Payload};
 
-use super::common::print_out;
 use super::{CacheArgs, UsageError};
 use crate::exit::EXIT_OK;
+use crate::output::print_out;
 
 /// Show what a plugin is: hook component or command, its imports and
 /// exports as WIT, the grants it could use, the contract version it targets

@@ -1,11 +1,11 @@
 //! The subcommands, one file each.
 
 mod check;
-mod common;
 mod compile;
 mod exec;
 mod inspect;
 mod new;
+pub(crate) mod plugins;
 mod push;
 pub mod run;
 pub mod serve;
@@ -194,6 +194,16 @@ pub enum ReportFormat {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
+
+/// The tokio runtime a run uses: one thread. Concurrent steps interleave on
+/// it (a busy plugin yields at every epoch tick); compiling goes to blocking
+/// threads. Worker threads would cost start-up time and, worse, make every
+/// memory unmap of a finished plugin interrupt the other cores.
+pub fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
 
 #[cfg(test)]
 mod tests {

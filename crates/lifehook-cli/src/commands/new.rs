@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use clap::{Args, ValueEnum};
 
 use super::UsageError;
-use super::common::print_out;
 use crate::exit::EXIT_OK;
+use crate::output::print_out;
 
 /// Create a plugin project: source, its build, the WIT contract, a README
 /// with the one build command, and an example pipeline that runs it.

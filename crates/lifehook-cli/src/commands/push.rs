@@ -72,14 +72,14 @@ impl Push {
             },
         }))?;
         let registries = self.registries.registries(None);
-        let io = super::common::tokio_runtime()?;
+        let io = super::tokio_runtime()?;
         let digest = io.block_on(lifehook_runtime::oci::push(
             &reference,
             &registries,
             bytes,
             config,
         ))?;
-        super::common::print_out(&format!("{}\n", reference.pinned(&digest)));
+        crate::output::print_out(&format!("{}\n", reference.pinned(&digest)));
         Ok(crate::exit::EXIT_OK)
     }
 

@@ -6,11 +6,14 @@ use clap::Args;
 use lifehook_manifest::{Phase, PhaseName, Pipeline};
 use lifehook_runtime::{RunOptions, Runner, Selection};
 
-use super::common::{describe_phase, load_plugins, print_out, print_problems, tokio_runtime};
+use super::plugins::load_plugins;
+use super::tokio_runtime;
 use super::{PhaseArg, ReportFormat, Target, UsageError};
 use crate::delivery::{Claim, Delivery, Guard};
 use crate::exit::{EXIT_DEADLINE, EXIT_INVALID, EXIT_OK};
+use crate::output::{print_out, print_problems};
 use crate::render;
+use crate::render::plan::{describe_phase, dry_run_json};
 
 /// Run one phase of the pipeline and print its report.
 ///
@@ -212,16 +215,20 @@ impl Run {
         // was skipped may still be running, and even idle ones took ~10 ms
         // here to wake up and exit. The process ends right after the report.
         runtime.shutdown_background();
-        let (text, json) = (render::text(&report), render::json(&report));
+        let text = render::text(&report);
+        let json = render::json_value(&report);
         match self.report {
             ReportFormat::Text => print_out(&text),
-            ReportFormat::Json => print_out(&format!("{json}\n")),
+            ReportFormat::Json => print_out(&format!(
+                "{}\n",
+                serde_json::to_string_pretty(&json).unwrap_or_default()
+            )),
         }
-        let code = render::exit_code(report.status);
+        let code = crate::exit::exit_code(report.status);
         if let Some(guard) = guard
             && code == EXIT_OK
         {
-            guard.complete(text, serde_json::from_str(&json).unwrap_or_default());
+            guard.complete(text, json);
         }
         // The process ends right after this: dropping the loaded plugins
         // would only unregister their machine code's unwind tables, which
@@ -285,28 +292,7 @@ impl Run {
         }
         match self.report {
             ReportFormat::Json => {
-                let steps: Vec<serde_json::Value> = phase
-                    .steps
-                    .iter()
-                    .map(|s| {
-                        let mut v = serde_json::to_value(s).unwrap_or_default();
-                        let kind = s
-                            .plugin()
-                            .and_then(|p| kinds.get(&p.to_string()))
-                            .and_then(|k| k.as_ref().ok());
-                        v["kind"] = serde_json::to_value(kind).unwrap_or_default();
-                        v["skipped"] =
-                            serde_json::to_value(selection.excludes(s)).unwrap_or_default();
-                        v
-                    })
-                    .collect();
-                let plan = serde_json::json!({
-                    "pipeline": pipeline,
-                    "phase": phase.name,
-                    "deadline_ms": phase.deadline.as_millis() as u64,
-                    "steps": steps,
-                    "problems": problems,
-                });
+                let plan = dry_run_json(pipeline, &phase, &kinds, selection, &problems);
                 print_out(&format!("{}\n", serde_json::to_string_pretty(&plan)?));
             }
             ReportFormat::Text => {

@@ -28,10 +28,12 @@ use lifehook_manifest::{PhaseName, Pipeline};
 use lifehook_runtime::{PhaseStatus, RunOptions, Runner};
 use tokio::sync::{Notify, watch};
 
-use super::common::{load_plugins, print_problems, tokio_runtime};
+use super::plugins::load_plugins;
+use super::tokio_runtime;
 use super::{Target, UsageError};
 use crate::exit::{EXIT_INVALID, EXIT_OK};
 use crate::output::print_err;
+use crate::output::print_problems;
 use crate::render;
 
 /// Serve the pipeline's phases over HTTP, for `httpGet` hooks or a sidecar.

@@ -7,136 +7,24 @@
 //! reserve within `terminationGracePeriodSeconds`. `httpGet` hooks are
 //! checked against the `lifehook serve` container of the same pod.
 //!
-//! Only the fields lifehook needs are modelled (serde ignores the rest), so
-//! the checks do not depend on a particular Kubernetes version's schema;
-//! k8s-openapi's full types would cost far more compile time for a few
-//! fields.
+//! The Kubernetes objects are modelled in [`k8s`], with only the fields
+//! the checks read.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use clap::Parser as _;
-use lifehook_manifest::plan::DEFAULT_APP_RESERVE;
+use lifehook_manifest::budget::GraceFit;
 use lifehook_manifest::{Diagnostic, PhaseName, Pipeline};
 use lifehook_units::format_duration;
-use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use crate::commands::{Cli, Command, UsageError};
 
-/// Kubernetes' default `terminationGracePeriodSeconds`.
-const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+mod k8s;
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Object {
-    kind: Option<String>,
-    #[serde(default)]
-    metadata: Meta,
-    spec: Option<Spec>,
-    #[serde(default)]
-    data: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct Meta {
-    name: Option<String>,
-}
-
-/// A pod spec, or a workload spec holding one in `template` or
-/// `jobTemplate`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Spec {
-    #[serde(default)]
-    containers: Vec<Container>,
-    #[serde(default)]
-    init_containers: Vec<Container>,
-    termination_grace_period_seconds: Option<Spanned<i64>>,
-    #[serde(default)]
-    volumes: Vec<Volume>,
-    template: Option<Box<Template>>,
-    job_template: Option<Box<Template>>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Template {
-    spec: Option<Spec>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Container {
-    name: Spanned<String>,
-    command: Option<Vec<String>>,
-    args: Option<Vec<String>>,
-    lifecycle: Option<Lifecycle>,
-    restart_policy: Option<String>,
-    #[serde(default)]
-    volume_mounts: Vec<Mount>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Lifecycle {
-    pre_stop: Option<Handler>,
-    post_start: Option<Handler>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Handler {
-    exec: Option<ExecAction>,
-    http_get: Option<HttpGet>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ExecAction {
-    command: Spanned<Vec<String>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct HttpGet {
-    path: Option<Spanned<String>>,
-    port: Spanned<Port>,
-    #[serde(default)]
-    http_headers: Vec<Header>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Port {
-    Number(u16),
-    /// A named container port: accepted as it is.
-    Name(#[expect(dead_code, reason = "only told apart from a number")] String),
-}
-
-#[derive(Debug, Deserialize)]
-struct Header {
-    name: String,
-    value: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Mount {
-    name: String,
-    mount_path: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Volume {
-    name: String,
-    config_map: Option<ConfigMapRef>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ConfigMapRef {
-    name: String,
-}
+use k8s::{Container, DEFAULT_GRACE, ExecAction, HttpGet, Object, Port, Spec, pod_spec};
 
 /// What checking a manifest found: one line per lifehook hook that is
 /// right, and the problems.
@@ -250,29 +138,6 @@ pub fn check(path: &Path, pipeline: &Pipeline) -> anyhow::Result<PodCheck> {
         );
     }
     Ok(out)
-}
-
-/// The pod spec inside a workload of `kind`.
-fn pod_spec<'a>(kind: &str, spec: &'a Spec) -> Option<&'a Spec> {
-    match kind {
-        "Pod" => Some(spec),
-        "CronJob" => spec
-            .job_template
-            .as_ref()?
-            .spec
-            .as_ref()?
-            .template
-            .as_ref()?
-            .spec
-            .as_ref(),
-        "Deployment"
-        | "StatefulSet"
-        | "DaemonSet"
-        | "ReplicaSet"
-        | "Job"
-        | "ReplicationController" => spec.template.as_ref()?.spec.as_ref(),
-        _ => None,
-    }
 }
 
 /// The byte offset of a 1-based line and column (in characters).
@@ -518,21 +383,20 @@ impl Checker<'_> {
                 "set [pre-stop] grace-period to the pod's value, so `lifehook check` budgets for the real thing",
             ));
         }
-        let deadline = deadline.unwrap_or(p.deadline);
-        let reserve = p.reserve.unwrap_or(DEFAULT_APP_RESERVE);
-        if deadline + reserve > grace {
+        let fit = GraceFit::new(deadline.unwrap_or(p.deadline), p.reserve, grace);
+        if !fit.fits() {
             out.problems.push(self.at(
                 at,
                 format!(
                     "{place}: the pre-stop deadline of {} and the application's reserve of {} do not fit in terminationGracePeriodSeconds: {}",
-                    format_duration(deadline),
-                    format_duration(reserve),
+                    format_duration(fit.deadline),
+                    format_duration(fit.reserve),
                     grace.as_secs()
                 ),
                 format!(
                     "the kubelet kills the container when the grace period ends; lower the deadline to {} or raise terminationGracePeriodSeconds to {}",
-                    format_duration(grace.saturating_sub(reserve)),
-                    (deadline + reserve).as_secs_f64().ceil()
+                    format_duration(fit.longest_deadline()),
+                    (fit.deadline + fit.reserve).as_secs_f64().ceil()
                 ),
             ));
         }

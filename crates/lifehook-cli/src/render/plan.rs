@@ -1,54 +1,15 @@
-//! What several subcommands share: the pipeline, plugin loading with its
-//! problems, the one description of a phase (`check` and `run --dry-run`),
-//! output helpers.
+//! The plan of a phase before it runs, for `check` and `run --dry-run`: as
+//! text (budget, each step with its limits, graph and grants, the
+//! worst-case timeline) and as the dry run's JSON.
 
-use std::collections::HashMap;
+use std::path::Path;
 
 use lifehook_manifest::budget;
-use lifehook_manifest::{Access, OnFailure, Phase, PluginRef, Step};
-use lifehook_runtime::{PluginKind, Runner, Selection};
+use lifehook_manifest::{Access, OnFailure, Phase};
+use lifehook_runtime::{PluginKind, Selection};
 use lifehook_units::{format_duration, format_size};
 
-use crate::output::print_err;
-
-/// What loading each plugin came to (by its file or reference): its kind,
-/// or the error text.
-pub type Kinds = HashMap<String, Result<PluginKind, String>>;
-
-/// The distinct plugins of `steps`, in pipeline order.
-pub fn distinct_plugins<'a>(steps: impl Iterator<Item = &'a Step>) -> Vec<PluginRef> {
-    let mut seen: Vec<PluginRef> = Vec::new();
-    for p in steps.filter_map(Step::plugin) {
-        if !seen.contains(p) {
-            seen.push(p.clone());
-        }
-    }
-    seen
-}
-
-/// Loads every plugin of `steps` with `runner`; the kinds, and one problem
-/// line per plugin that cannot be used.
-pub fn load_plugins<'a>(
-    runner: &Runner,
-    steps: impl Iterator<Item = &'a Step>,
-) -> (Kinds, Vec<String>) {
-    let plugins = distinct_plugins(steps);
-    let refs: Vec<&PluginRef> = plugins.iter().collect();
-    let mut kinds = Kinds::new();
-    let mut problems = Vec::new();
-    for (plugin, loaded) in runner.load_all(&refs) {
-        match loaded {
-            Ok(p) => {
-                kinds.insert(plugin.to_string(), Ok(p.kind));
-            }
-            Err(e) => {
-                problems.push(format!("error: {e}"));
-                kinds.insert(plugin.to_string(), Err(e.to_string()));
-            }
-        }
-    }
-    (kinds, problems)
-}
+use crate::commands::plugins::Kinds;
 
 /// The plan of one phase: its budget, then each step (plugin, limits,
 /// graph, grants), then the worst-case timeline.
@@ -70,8 +31,8 @@ pub fn describe_phase(phase: &Phase, kinds: &Kinds, selection: &Selection) -> St
         out += &format!(", grace period {}", format_duration(grace));
     }
     out.push('\n');
-    for step in &phase.steps {
-        out += &describe_step(step, kinds);
+    for (i, step) in phase.steps.iter().enumerate() {
+        out += &describe_step(phase, i, kinds);
         if let Some(why) = selection.excludes(step) {
             out += &format!("    skipped: {why}\n");
         }
@@ -102,8 +63,10 @@ pub fn describe_phase(phase: &Phase, kinds: &Kinds, selection: &Selection) -> St
     out
 }
 
-/// Two lines about a step: what it runs and its limits, then its grants.
-fn describe_step(step: &Step, kinds: &Kinds) -> String {
+/// Two lines about step `i`: what it runs and its limits, then its grants.
+fn describe_step(phase: &Phase, i: usize, kinds: &Kinds) -> String {
+    let step = &phase.steps[i];
+    let edges = &phase.edges[i];
     let mut what = match step.plugin() {
         None => format!("(sleep {})", format_duration(step.limits.timeout)),
         Some(plugin) => {
@@ -138,11 +101,13 @@ fn describe_step(step: &Step, kinds: &Kinds) -> String {
     if step.always {
         flags.push("always".into());
     }
-    if !step.needs.is_empty() {
-        flags.push(format!("needs {}", step.needs.join(", ")));
-    }
-    if !step.after.is_empty() {
-        flags.push(format!("after {}", step.after.join(", ")));
+    for (word, list) in [("needs", &edges.needs), ("after", &edges.after)] {
+        if !list.is_empty() {
+            flags.push(format!(
+                "{word} {}",
+                phase.names(list).collect::<Vec<_>>().join(", ")
+            ));
+        }
     }
     if !step.tags.is_empty() {
         flags.push(format!("tags {}", step.tags.join(", ")));
@@ -182,24 +147,38 @@ fn describe_step(step: &Step, kinds: &Kinds) -> String {
     )
 }
 
-pub use crate::output::print_out;
-
-/// Prints problems to stderr the one way lifehook lists problems.
-pub fn print_problems(problems: &[String]) {
-    if !problems.is_empty() {
-        print_err(&format!(
-            "{}\n",
-            lifehook_manifest::render_problems(problems)
-        ));
-    }
-}
-
-/// The tokio runtime a run uses: one thread. Concurrent steps interleave on
-/// it (a busy plugin yields at every epoch tick); compiling goes to blocking
-/// threads. Worker threads would cost start-up time and, worse, make every
-/// memory unmap of a finished plugin interrupt the other cores.
-pub fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
+/// `run --dry-run --report json`: the phase, each step as the pipeline
+/// resolved it (with its plugin's kind, why it would be skipped, and the
+/// names of the steps it waits for), and the problems found loading plugins.
+pub fn dry_run_json(
+    pipeline: &Path,
+    phase: &Phase,
+    kinds: &Kinds,
+    selection: &Selection,
+    problems: &[String],
+) -> serde_json::Value {
+    let steps: Vec<serde_json::Value> = phase
+        .steps
+        .iter()
+        .zip(&phase.edges)
+        .map(|(s, edges)| {
+            let mut v = serde_json::to_value(s).unwrap_or_default();
+            let kind = s
+                .plugin()
+                .and_then(|p| kinds.get(&p.to_string()))
+                .and_then(|k| k.as_ref().ok());
+            v["kind"] = serde_json::to_value(kind).unwrap_or_default();
+            v["skipped"] = serde_json::to_value(selection.excludes(s)).unwrap_or_default();
+            v["needs"] = phase.names(&edges.needs).collect::<Vec<_>>().into();
+            v["after"] = phase.names(&edges.after).collect::<Vec<_>>().into();
+            v
+        })
+        .collect();
+    serde_json::json!({
+        "pipeline": pipeline,
+        "phase": phase.name,
+        "deadline_ms": phase.deadline.as_millis() as u64,
+        "steps": steps,
+        "problems": problems,
+    })
 }
