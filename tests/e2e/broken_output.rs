@@ -230,6 +230,7 @@ fn get(addr: &str, path: &str) -> String {
 
 #[test]
 fn push_publishes_with_broken_output() {
+    crate::support::require_server!("docker-registry", "docker-registry");
     let registry = Registry::start();
     for broken in BOTH {
         let s = Sandbox::new();

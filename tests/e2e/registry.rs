@@ -47,6 +47,7 @@ fn pipeline(s: &Sandbox, registry: &Registry, plugin: &str, extra: &str) {
 
 #[test]
 fn a_pushed_tag_is_pinned_by_compile_and_runs_with_the_registry_gone() {
+    crate::support::require_server!("docker-registry", "docker-registry");
     let mut registry = Registry::start();
     let s = Sandbox::new();
     let tag = registry.reference("hooks/fixture:1.0");
@@ -137,6 +138,7 @@ fn a_pushed_tag_is_pinned_by_compile_and_runs_with_the_registry_gone() {
 
 #[test]
 fn pull_always_follows_the_tag_and_falls_back_to_the_pin_when_the_registry_is_down() {
+    crate::support::require_server!("docker-registry", "docker-registry");
     let mut registry = Registry::start();
     let s = Sandbox::new();
     let tag = registry.reference("hooks/moving:latest");
@@ -171,6 +173,7 @@ fn pull_always_follows_the_tag_and_falls_back_to_the_pin_when_the_registry_is_do
 
 #[test]
 fn a_digest_reference_is_pulled_once_and_never_pulls_when_told_not_to() {
+    crate::support::require_server!("docker-registry", "docker-registry");
     let registry = Registry::start();
     let s = Sandbox::new();
     let digest = pushed_digest(&push(
@@ -225,6 +228,7 @@ fn a_digest_reference_is_pulled_once_and_never_pulls_when_told_not_to() {
 
 #[test]
 fn what_a_registry_serves_is_checked_before_it_is_kept() {
+    crate::support::require_server!("docker-registry", "docker-registry");
     let registry = Registry::start();
     let s = Sandbox::new();
     let wasm_config = "application/vnd.wasm.config.v0+json";
@@ -308,6 +312,7 @@ fn what_a_registry_serves_is_checked_before_it_is_kept() {
 
 #[test]
 fn push_refuses_what_lifehook_cannot_run() {
+    crate::support::require_server!("docker-registry", "docker-registry");
     let registry = Registry::start();
     let s = Sandbox::new();
     let core = s.write("core.wasm", b"\0asm\x01\0\0\0");
@@ -352,6 +357,7 @@ fn push_refuses_what_lifehook_cannot_run() {
 
 #[test]
 fn a_registry_with_auth_refuses_strangers_and_takes_logins_from_env_or_config() {
+    crate::support::require_server!("docker-registry", "docker-registry");
     let registry = Registry::start_with_auth("deployer", "s3cret-pass");
     let s = Sandbox::new();
     let tag = registry.reference("hooks/private:1");

@@ -102,6 +102,7 @@ mod redis {
 
     #[test]
     fn releases_our_lock_idempotently_and_leaves_others_alone() {
+        crate::support::require_server!("redis-server", "redis-server"; "redis-cli", "redis-tools");
         let redis = Redis::start();
         let s = sandbox(&redis, "");
         redis.cli(&["SET", "locks:leader", "web-0"]);
@@ -129,6 +130,7 @@ mod redis {
 
     #[test]
     fn authenticates_when_a_password_is_set() {
+        crate::support::require_server!("redis-server", "redis-server"; "redis-cli", "redis-tools");
         let redis = Redis::start_with_password(Some("hunter2"));
         redis.cli(&["SET", "locks:leader", "web-0"]);
         let good = sandbox(&redis, r#", password = "hunter2""#);
@@ -182,6 +184,7 @@ mod etcd {
 
     #[test]
     fn deletes_our_key_idempotently_and_leaves_others_alone() {
+        crate::support::require_server!("etcd", "etcd-server");
         let etcd = Etcd::start();
         let s = sandbox(&etcd, "delete");
         etcd.put("/locks/leader", "web-0");
@@ -207,6 +210,7 @@ mod etcd {
 
     #[test]
     fn revokes_the_lease_of_our_key() {
+        crate::support::require_server!("etcd", "etcd-server");
         let etcd = Etcd::start();
         let s = sandbox(&etcd, "revoke-lease");
         etcd.put_with_lease("/locks/leader", "web-0");

@@ -15,7 +15,6 @@
 //! markers: running twice is better than not running.
 
 use std::fs::{self, File};
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -221,14 +220,12 @@ impl Guard {
 }
 
 fn write_atomically(path: &Path, marker: &Marker) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(&serde_json::to_vec(marker).map_err(std::io::Error::other)?)?;
-    // No fsync: a marker only has to outlive the container incarnation, and
-    // a node that crashes comes back with a new boot id, so a marker lost
-    // with it is never missed. The rename still makes it whole or absent.
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    let bytes = serde_json::to_vec(marker).map_err(std::io::Error::other)?;
+    // Not durable: a marker only has to outlive the container incarnation,
+    // and a node that crashes comes back with a new boot id, so a marker
+    // lost with it is never missed. The rename still makes it whole or
+    // absent.
+    lifehook_runtime::atomic_write(path, &[&bytes], lifehook_runtime::WriteOptions::default())
 }
 
 #[cfg(test)]

@@ -7,10 +7,21 @@ pub mod plan;
 
 use std::fmt::Write as _;
 
-use lifehook_runtime::{Outcome, PhaseReport, PhaseStatus};
+use lifehook_runtime::{Exclusion, Outcome, PhaseReport, PhaseStatus};
 use lifehook_units::format_duration;
 
 use crate::exit::exit_code;
+
+/// Why a step is left out, in the words of the command-line flag that left
+/// it out.
+pub fn exclusion(why: &Exclusion) -> String {
+    match why {
+        Exclusion::NotListed(only) => format!("not selected (--only {})", only.join(", ")),
+        Exclusion::Skipped => "left out with --skip".into(),
+        Exclusion::NoTag(tags) => format!("has none of the tags --tag {}", tags.join(", ")),
+        Exclusion::SkippedTag(tag) => format!("tagged `{tag}`, left out with --skip-tag"),
+    }
+}
 
 /// The report as a JSON value, with the exit code it maps to.
 pub fn json_value(report: &PhaseReport) -> serde_json::Value {

@@ -11,9 +11,9 @@ use lifehook_units::format_duration;
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use crate::bindings::lifehook::hook::types::{Failure, Invocation};
-use crate::plugin::{Plugin, Pre};
+use crate::load::plugin::{Plugin, Pre};
 use crate::report::Outcome;
-use crate::state::{StepRecord, StepState};
+use crate::sandbox::state::{StepRecord, StepState};
 
 /// What one attempt came to.
 #[derive(Debug, PartialEq)]

@@ -9,7 +9,7 @@ use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine};
 
 use crate::bindings;
-use crate::state::StepState;
+use crate::sandbox::state::StepState;
 
 /// How often the epoch advances. A CPU-bound plugin yields to the runner at
 /// every tick, so this is the granularity of wall-time limits on guest loops.
@@ -23,7 +23,7 @@ pub(crate) const BASELINE_YIELD_FUEL: u64 = 1_000_000;
 /// A wasmtime engine with every host interface lifehook offers linked in.
 /// Cheap to clone; share one per process.
 #[derive(Clone)]
-pub struct Runtime {
+pub struct Host {
     pub(crate) engine: Engine,
     pub(crate) linker: Arc<Linker<StepState>>,
     /// True for the baseline (Winch) engine.
@@ -37,17 +37,30 @@ pub struct Runtime {
             reason = "only a build with a compiler compiles at run time"
         )
     )]
-    baseline: Arc<OnceLock<Option<Runtime>>>,
+    baseline: Arc<OnceLock<Option<Host>>>,
 }
 
-impl Runtime {
+/// Why the engine could not be built: wasmtime refused the configuration
+/// (this build's settings on this CPU) or the linker could not be wired.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct HostError(String);
+
+impl HostError {
+    fn new(e: impl Into<anyhow::Error>) -> HostError {
+        HostError(format!("{:#}", e.into()))
+    }
+}
+
+impl Host {
     /// Builds the engine, links WASI (p2), `wasi:http`, `wasi:config` and
     /// `lifehook:hook/log`, and starts the epoch ticker thread.
-    pub fn new() -> anyhow::Result<Runtime> {
-        let engine = Engine::new(&shipped_config()?)?;
-        let linker = Arc::new(build_linker(&engine)?);
+    pub fn new() -> Result<Host, HostError> {
+        let engine =
+            Engine::new(&shipped_config().map_err(HostError::new)?).map_err(HostError::new)?;
+        let linker = Arc::new(build_linker(&engine).map_err(HostError::new)?);
         start_epoch_ticker(&engine);
-        Ok(Runtime {
+        Ok(Host {
             engine,
             linker,
             is_baseline: false,
@@ -63,7 +76,7 @@ impl Runtime {
     /// [`BASELINE_YIELD_FUEL`] instead, where their deadline is checked.
     /// `None` when it cannot be built (it is then Cranelift at run time).
     #[cfg(feature = "compiler")]
-    pub(crate) fn baseline(&self) -> Option<&Runtime> {
+    pub(crate) fn baseline(&self) -> Option<&Host> {
         self.baseline
             .get_or_init(|| {
                 let mut config = engine_config();
@@ -73,7 +86,7 @@ impl Runtime {
                     .map_err(anyhow::Error::from)
                     .and_then(|engine| {
                         let linker = Arc::new(build_linker(&engine)?);
-                        Ok(Runtime {
+                        Ok(Host {
                             engine,
                             linker,
                             is_baseline: true,
@@ -91,16 +104,17 @@ impl Runtime {
             .as_ref()
     }
 
-    /// An engine for `lifehook compile`: the same settings as [`Runtime::new`]
+    /// An engine for `lifehook compile`: the same settings as [`Host::new`]
     /// but code generated for the baseline of this architecture (no CPU
     /// feature detection), so its artifacts load on any CPU of the
     /// architecture. wasmtime accepts code using a subset of the host's CPU
     /// features, so `run`'s own engine loads these artifacts.
     #[cfg(feature = "compiler")]
-    pub fn for_precompiling() -> anyhow::Result<Runtime> {
-        let engine = Engine::new(&shipped_config()?)?;
-        let linker = Arc::new(build_linker(&engine)?);
-        Ok(Runtime {
+    pub fn for_precompiling() -> Result<Host, HostError> {
+        let engine =
+            Engine::new(&shipped_config().map_err(HostError::new)?).map_err(HostError::new)?;
+        let linker = Arc::new(build_linker(&engine).map_err(HostError::new)?);
+        Ok(Host {
             engine,
             linker,
             is_baseline: false,
@@ -110,7 +124,7 @@ impl Runtime {
 
     /// The engine to compile with when a plugin must be compiled at run
     /// time: the baseline one when the build has it, else this one.
-    pub(crate) fn for_run_time_compile(&self) -> &Runtime {
+    pub(crate) fn for_run_time_compile(&self) -> &Host {
         #[cfg(feature = "compiler")]
         if let Some(baseline) = self.baseline() {
             return baseline;
@@ -152,8 +166,8 @@ pub(crate) fn engine_config() -> Config {
 fn build_linker(engine: &Engine) -> anyhow::Result<Linker<StepState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    crate::fs_gate::add_to_linker(&mut linker)?;
-    crate::caps::add_sockets_to_linker(&mut linker)?;
+    crate::sandbox::fs_gate::add_to_linker(&mut linker)?;
+    crate::sandbox::quotas::add_sockets_to_linker(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     wasmtime_wasi_config::add_to_linker(&mut linker, |s: &mut StepState| {
         wasmtime_wasi_config::WasiConfig::from(&s.config)
@@ -166,7 +180,7 @@ fn build_linker(engine: &Engine) -> anyhow::Result<Linker<StepState>> {
         &mut linker,
         |s| s,
     )?;
-    crate::files::add_to_linker(&mut linker)?;
+    crate::sandbox::files::add_to_linker(&mut linker)?;
     Ok(linker)
 }
 

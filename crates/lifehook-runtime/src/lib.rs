@@ -4,7 +4,7 @@
 //! deadline over all steps).
 //!
 //! The pieces, in the order a run uses them:
-//! - [`Runtime`]: the process's one engine and linker (WASI 0.2, `wasi:http`,
+//! - [`Host`]: the process's one engine and linker (WASI 0.2, `wasi:http`,
 //!   `wasi:config`, `lifehook:hook/log`) and the epoch ticker.
 //! - [`Runner`]: owns a runtime and the plugins it loaded; runs a phase as
 //!   often as asked (steps by their graph, retries, deadlines, the reserve
@@ -16,44 +16,43 @@
 //! Inside, a run goes `runner` (the scheduling loop) -> `scheduler` (which
 //! step starts or is skipped, a pure state machine) -> `step` (one step's
 //! attempts) -> `attempt` (one store, one call, `classify`) -> `state` (the
-//! sandbox: `fs_gate`, `http_gate`, `limiter`, `denials`, `capture`).
+//! sandbox, grouped in `sandbox/`: `fs_gate`, `http_gate`, `memory`,
+//! `quotas`, `denials`, `capture`, `files`). Loading a plugin (sources,
+//! OCI pulls, the artifact cache) is grouped in `load/`.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
 //! let pipeline = lifehook_manifest::load("lifehook.toml".as_ref(), None)?;
 //! let phase = pipeline.phase(lifehook_manifest::PhaseName::PreStop).unwrap();
 //! let sources = lifehook_runtime::sources::Sources::default();
-//! let runner = lifehook_runtime::Runner::new(lifehook_runtime::Runtime::new()?, None, sources);
+//! let runner = lifehook_runtime::Runner::new(lifehook_runtime::Host::new()?, None, sources);
 //! let report = runner.run(&pipeline.path, phase, &Default::default()).await;
 //! println!("{}", report.to_json());
 //! # Ok(()) }
 //! ```
 
+mod atomic;
 mod attempt;
 mod bindings;
-mod cache;
-mod caps;
-mod capture;
-mod denials;
+pub mod contract;
 mod engine;
-mod files;
-mod fs_gate;
-mod http_gate;
-mod limiter;
-mod loader;
-#[cfg(feature = "oci")]
-pub mod oci;
-mod plugin;
+mod load;
 mod report;
 mod runner;
+mod sandbox;
 mod scheduler;
-pub mod sources;
-mod state;
+mod selection;
 mod step;
 
-pub use cache::{ArtifactCache, CompileError, Compiled, finish_cache_writes};
-pub use engine::{EPOCH_TICK, Runtime};
-pub use loader::LoadResult;
-pub use plugin::{CodeSource, LoadError, Plugin, PluginKind};
+#[cfg(feature = "oci")]
+pub use load::oci;
+pub use load::sources;
+
+pub use atomic::{WriteOptions, atomic_write};
+pub use engine::{EPOCH_TICK, Host, HostError};
+pub use load::cache::{ArtifactCache, CompileError, Compiled, finish_cache_writes};
+pub use load::loader::LoadResult;
+pub use load::plugin::{CodeSource, LoadError, Plugin, PluginKind};
 pub use report::{Outcome, PhaseReport, PhaseStatus, StepReport};
-pub use runner::{RunOptions, Runner, Selection};
+pub use runner::{RunOptions, Runner};
+pub use selection::{Exclusion, Selection};

@@ -10,7 +10,7 @@ use lifehook_manifest::{OnFailure, PhaseName};
 use lifehook_units::millis;
 use serde::Serialize;
 
-use crate::plugin::{CodeSource, PluginKind};
+use crate::load::plugin::{CodeSource, PluginKind};
 
 /// How a phase ended, worst first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

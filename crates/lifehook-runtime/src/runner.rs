@@ -21,61 +21,24 @@ use lifehook_units::format_duration;
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::Instrument as _;
 
-use crate::cache::ArtifactCache;
-use crate::engine::Runtime;
-use crate::loader::{LoadResult, Loader};
+use crate::engine::Host;
+use crate::load::cache::ArtifactCache;
+use crate::load::loader::{LoadResult, Loader};
+use crate::load::sources::Sources;
 use crate::report::{Outcome, PhaseReport, PhaseStatus, StepReport};
 use crate::scheduler::{Decision, Schedule, SkipReason};
-use crate::sources::Sources;
-use crate::step::{self, Limit};
-
-/// Which steps of the phase one run runs. A step runs when it passes every
-/// filter that is set.
-#[derive(Debug, Clone, Default)]
-pub struct Selection {
-    /// Only these steps (all when empty).
-    pub only: Vec<String>,
-    /// Never these steps.
-    pub skip: Vec<String>,
-    /// Only steps with at least one of these tags (all when empty).
-    pub tags: Vec<String>,
-    /// Never steps with any of these tags.
-    pub skip_tags: Vec<String>,
-}
-
-impl Selection {
-    /// True when every step runs.
-    pub fn is_everything(&self) -> bool {
-        self.only.is_empty()
-            && self.skip.is_empty()
-            && self.tags.is_empty()
-            && self.skip_tags.is_empty()
-    }
-
-    /// Why `step` is left out, or `None` when it runs.
-    pub fn excludes(&self, step: &Step) -> Option<String> {
-        let listed = |list: &[String]| list.join(", ");
-        if !self.only.is_empty() && !self.only.contains(&step.name) {
-            return Some(format!("not selected (--only {})", listed(&self.only)));
-        }
-        if self.skip.contains(&step.name) {
-            return Some("left out with --skip".into());
-        }
-        if !self.tags.is_empty() && !step.tags.iter().any(|t| self.tags.contains(t)) {
-            return Some(format!("has none of the tags --tag {}", listed(&self.tags)));
-        }
-        if let Some(tag) = step.tags.iter().find(|t| self.skip_tags.contains(t)) {
-            return Some(format!("tagged `{tag}`, left out with --skip-tag"));
-        }
-        None
-    }
-}
+use crate::selection::{Exclusion, Selection};
+use crate::step::{self, Allotment};
 
 /// Choices made for one run.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// Which steps run.
     pub selection: Selection,
+    /// How the report words a step the selection left out (the caller
+    /// knows the names of its filters); [`Exclusion`]'s `Display` when
+    /// `None`.
+    pub exclusion_words: Option<fn(&Exclusion) -> String>,
     /// Replaces the phase's own deadline.
     pub deadline: Option<Duration>,
     /// When the deadline started (the process start, for a hook: the
@@ -97,15 +60,15 @@ const GUARD: Duration = Duration::from_millis(50);
 impl Runner {
     /// A runner on `rt`, loading precompiled plugins from `cache` when it
     /// has them.
-    pub fn new(rt: Runtime, cache: Option<ArtifactCache>, sources: Sources) -> Runner {
+    pub fn new(rt: Host, cache: Option<ArtifactCache>, sources: Sources) -> Runner {
         Runner {
             loader: Arc::new(Loader::new(rt, cache, sources)),
         }
     }
 
     /// The engine and linker.
-    pub fn runtime(&self) -> &Runtime {
-        self.loader.runtime()
+    pub fn host(&self) -> &Host {
+        self.loader.host()
     }
 
     /// Loads `plugins` now, in parallel, blocking (pulling those that need
@@ -137,7 +100,10 @@ impl Runner {
         // Steps running at once share the process's descriptors, less what
         // lifehook keeps for itself (its log file, the report, markers).
         let max_open = descriptor_budget() / crate::scheduler::concurrency(phase);
-        let mut schedule = Schedule::new(phase, |i| selection.excludes(&phase.steps[i]));
+        let words = options.exclusion_words.unwrap_or(|e| e.to_string());
+        let mut schedule = Schedule::new(phase, |i| {
+            selection.excludes(&phase.steps[i]).map(|e| words(&e))
+        });
         let plugins: Vec<&PluginRef> = phase
             .steps
             .iter()
@@ -163,14 +129,14 @@ impl Runner {
                     }
                     Decision::Start(i) => {
                         let step = steps[i].clone();
-                        let limit = if step.always {
-                            Limit {
+                        let allotment = if step.always {
+                            Allotment {
                                 until: deadline,
                                 reserve: Duration::ZERO,
                                 max_open,
                             }
                         } else {
-                            Limit {
+                            Allotment {
                                 until: main_deadline,
                                 reserve,
                                 max_open,
@@ -181,13 +147,13 @@ impl Runner {
                         let span = tracing::info_span!("hook", step = %step.name);
                         let handle = set.spawn(
                             async move {
-                                let mut report = step::run(&loader, name, &step, limit).await;
+                                let mut report = step::run(&loader, name, &step, allotment).await;
                                 report.started = Some(offset);
                                 (i, report)
                             }
                             .instrument(span),
                         );
-                        running.insert(i, (handle, limit.until + GUARD));
+                        running.insert(i, (handle, allotment.until + GUARD));
                     }
                 }
             }
@@ -350,7 +316,7 @@ mod tests {
     fn one_runner_runs_a_phase_many_times_without_loading_again() {
         let (_dir, pipeline) = phase();
         let phase = &pipeline.phases[0];
-        let runner = Runner::new(Runtime::new().expect("engine"), None, Sources::default());
+        let runner = Runner::new(Host::new().expect("engine"), None, Sources::default());
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

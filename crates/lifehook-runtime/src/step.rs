@@ -9,16 +9,16 @@ use lifehook_units::format_duration;
 
 use crate::attempt;
 use crate::bindings::lifehook::hook::types::{Invocation, Phase as WitPhase};
-use crate::caps::StepCaps;
-use crate::capture::OutputCapture;
-use crate::denials::Denials;
-use crate::loader::Loader;
+use crate::load::loader::Loader;
 use crate::report::{Outcome, StepReport};
-use crate::state::StepRecord;
+use crate::sandbox::capture::OutputCapture;
+use crate::sandbox::denials::Denials;
+use crate::sandbox::quotas::StepQuotas;
+use crate::sandbox::state::StepRecord;
 
 /// The part of the phase deadline a step may use.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Limit {
+pub(crate) struct Allotment {
     /// The step never runs past this.
     pub(crate) until: Instant,
     /// Time kept after `until` for `always` steps (zero for those steps).
@@ -28,7 +28,7 @@ pub(crate) struct Limit {
     pub(crate) max_open: usize,
 }
 
-impl Limit {
+impl Allotment {
     /// Why a step stopped at `until`.
     fn cut_message(&self, ran: Duration) -> String {
         if self.reserve.is_zero() {
@@ -72,7 +72,7 @@ pub(crate) async fn run(
     loader: &Loader,
     phase: PhaseName,
     step: &Step,
-    limit: Limit,
+    limit: Allotment,
 ) -> StepReport {
     match step.plugin() {
         Some(plugin) => run_plugin(loader, phase, step, plugin, limit).await,
@@ -81,7 +81,7 @@ pub(crate) async fn run(
 }
 
 /// The built-in wait: its own length, cut by the deadline.
-async fn sleep(step: &Step, limit: Limit) -> StepReport {
+async fn sleep(step: &Step, limit: Allotment) -> StepReport {
     let started = Instant::now();
     let wanted = step.limits.timeout;
     let until = (started + wanted).min(limit.until);
@@ -104,17 +104,76 @@ async fn sleep(step: &Step, limit: Limit) -> StepReport {
     report
 }
 
+/// How an attempt ended, as far as the retry rules care.
+struct Ended {
+    ok: bool,
+    /// The failure may pass on another attempt (the plugin said so, or it
+    /// was a trap or a timeout of its own).
+    retryable: bool,
+    /// The plugin asked for the next attempt no sooner than this.
+    retry_after: Option<Duration>,
+    /// The phase deadline stopped it: no time is left for anything.
+    cut: bool,
+}
+
+/// What the retry rules decide after an attempt.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    /// Done: it succeeded, failed for good, had one attempt only, or was
+    /// cut by the deadline.
+    Stop,
+    /// Retryable, but that was the last of several attempts: the report
+    /// says it gave up, so a reader knows retries happened.
+    GaveUp,
+    /// Try again after this wait.
+    RetryIn(Duration),
+    /// Retryable, but the wait would end past the deadline (`left` from
+    /// now): trying would only be cut, so the step ends now with time to
+    /// spare for the steps after it.
+    NoTime(Duration),
+}
+
+/// The retry rules after attempt number `attempt` (1-based) ended as
+/// `ended`, with `left` to the step's deadline. The wait is the policy's
+/// backoff or the plugin's `retry-after`, whichever is longer: a server's
+/// "not before" is a floor, never shortened by a fast policy.
+fn next(
+    retry: &lifehook_manifest::RetryPolicy,
+    attempt: u32,
+    ended: &Ended,
+    left: Duration,
+) -> Next {
+    if ended.ok || !ended.retryable || ended.cut {
+        return Next::Stop;
+    }
+    if attempt >= retry.attempts {
+        return if retry.attempts > 1 {
+            Next::GaveUp
+        } else {
+            Next::Stop
+        };
+    }
+    let wait = retry
+        .backoff_after(attempt)
+        .max(ended.retry_after.unwrap_or_default());
+    if wait >= left {
+        Next::NoTime(wait)
+    } else {
+        Next::RetryIn(wait)
+    }
+}
+
 async fn run_plugin(
     loader: &Loader,
     phase: PhaseName,
     step: &Step,
     plugin_ref: &PluginRef,
-    limit: Limit,
+    limit: Allotment,
 ) -> StepReport {
     let started = Instant::now();
     let record = StepRecord {
         denials: Denials::default(),
-        caps: StepCaps::new(
+        caps: StepQuotas::new(
             (step.limits.max_open as usize).min(limit.max_open),
             step.limits.max_write,
             step.limits.max_http as usize,
@@ -197,33 +256,29 @@ async fn run_plugin(
         if report.cut_by_deadline {
             report.message = limit.cut_message(started.elapsed());
         }
-        if result.outcome == Outcome::Ok
-            || !result.retryable
-            || attempt >= attempts
-            || report.cut_by_deadline
-        {
-            if result.outcome != Outcome::Ok
-                && result.retryable
-                && attempts > 1
-                && !report.cut_by_deadline
-            {
-                report.message = format!("{} (gave up after {attempt} attempts)", report.message);
-            }
-            break;
-        }
-        let wait = step
-            .retry
-            .backoff_after(attempt)
-            .max(result.retry_after.unwrap_or_default());
+        let ended = Ended {
+            ok: result.outcome == Outcome::Ok,
+            retryable: result.retryable,
+            retry_after: result.retry_after,
+            cut: report.cut_by_deadline,
+        };
         let left = limit.until.saturating_duration_since(Instant::now());
-        if wait >= left {
-            report.message = format!(
-                "{} (no retry: the next attempt would start in {}, after the phase deadline)",
-                report.message,
-                format_duration(wait)
-            );
-            break;
-        }
+        let wait = match next(&step.retry, attempt, &ended, left) {
+            Next::Stop => break,
+            Next::GaveUp => {
+                report.message = format!("{} (gave up after {attempt} attempts)", report.message);
+                break;
+            }
+            Next::NoTime(wait) => {
+                report.message = format!(
+                    "{} (no retry: the next attempt would start in {}, after the phase deadline)",
+                    report.message,
+                    format_duration(wait)
+                );
+                break;
+            }
+            Next::RetryIn(wait) => wait,
+        };
         tracing::info!(
             "attempt {attempt}/{attempts} {}: {}; retrying in {}",
             result.outcome,
@@ -243,4 +298,93 @@ async fn run_plugin(
         outcome => tracing::warn!("step {outcome}: {}", report.message),
     }
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lifehook_manifest::RetryPolicy;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    fn failed(retryable: bool) -> Ended {
+        Ended {
+            ok: false,
+            retryable,
+            retry_after: None,
+            cut: false,
+        }
+    }
+
+    fn policy(attempts: u32) -> RetryPolicy {
+        RetryPolicy {
+            attempts,
+            backoff: Duration::from_millis(100),
+            multiplier: 2.0,
+            max_backoff: Duration::from_millis(300),
+        }
+    }
+
+    #[test]
+    fn success_fatal_failures_and_cuts_stop_at_once() {
+        let ok = Ended {
+            ok: true,
+            ..failed(true)
+        };
+        let cut = Ended {
+            cut: true,
+            ..failed(true)
+        };
+        for ended in [ok, failed(false), cut] {
+            assert_eq!(next(&policy(5), 1, &ended, SECOND), Next::Stop);
+        }
+    }
+
+    #[test]
+    fn the_wait_grows_by_the_multiplier_up_to_the_ceiling() {
+        let waits: Vec<Next> = (1..=4)
+            .map(|attempt| next(&policy(5), attempt, &failed(true), SECOND))
+            .collect();
+        let ms = |n| Next::RetryIn(Duration::from_millis(n));
+        assert_eq!(waits, [ms(100), ms(200), ms(300), ms(300)]);
+    }
+
+    #[test]
+    fn the_last_attempt_gives_up_and_a_single_one_just_stops() {
+        assert_eq!(next(&policy(3), 3, &failed(true), SECOND), Next::GaveUp);
+        assert_eq!(next(&policy(1), 1, &failed(true), SECOND), Next::Stop);
+    }
+
+    #[test]
+    fn retry_after_is_a_floor_on_the_wait() {
+        let asked = |after| Ended {
+            retry_after: Some(after),
+            ..failed(true)
+        };
+        let long = Duration::from_millis(700);
+        assert_eq!(
+            next(&policy(3), 1, &asked(long), SECOND),
+            Next::RetryIn(long)
+        );
+        // Shorter than the backoff: the backoff wins.
+        assert_eq!(
+            next(&policy(3), 1, &asked(Duration::from_millis(10)), SECOND),
+            Next::RetryIn(Duration::from_millis(100))
+        );
+    }
+
+    #[test]
+    fn no_retry_when_the_wait_would_pass_the_deadline() {
+        let left = Duration::from_millis(150);
+        assert_eq!(
+            next(&policy(5), 2, &failed(true), left),
+            Next::NoTime(Duration::from_millis(200))
+        );
+        // A wait of exactly what is left would start the attempt at the
+        // deadline: no retry either.
+        assert_eq!(
+            next(&policy(5), 1, &failed(true), Duration::from_millis(100)),
+            Next::NoTime(Duration::from_millis(100))
+        );
+    }
 }

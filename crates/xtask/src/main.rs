@@ -165,7 +165,12 @@ fn test(extra: &[String]) -> anyhow::Result<u8> {
     ])?;
     // The test suite builds the plugins itself (tests/artifacts/build.rs)
     // and starts its own servers on free loopback ports.
-    run(cargo().args(["test", "--workspace"]).args(extra))?;
+    // Every server is installed now: a test that finds one missing fails
+    // rather than skipping (see tests/e2e/support's `require_server!`).
+    run(cargo()
+        .args(["test", "--workspace"])
+        .args(extra)
+        .env("LIFEHOOK_REQUIRE_SERVERS", "1"))?;
     // The runtime-only build (no compiler) in a target directory of its own,
     // and the test that needs it.
     let runtime_only_dir = root().join("target/runtime-only");
@@ -246,6 +251,7 @@ fn ignored_e2e_test(name: &str, var: &str, value: &Path) -> anyhow::Result<()> {
     run(cargo()
         .args(["test", "--package", "lifehook-cli", "--test", "e2e"])
         .args(["--", "--ignored", name])
+        .env("LIFEHOOK_REQUIRE_SERVERS", "1")
         .env(var, value))
 }
 

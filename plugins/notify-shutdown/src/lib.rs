@@ -18,7 +18,7 @@
 //! for it when it fits in the time left); other statuses are fatal.
 
 use lifehook_sdk::http::{self, Method};
-use lifehook_sdk::{Failure, Hook, Invocation, config, env, log};
+use lifehook_sdk::{Failure, Hook, Invocation, config, env};
 
 const DEFAULT_BODY: &str = r#"{"event":"{{phase}}","pod":"{{pod}}","namespace":"{{namespace}}","step":"{{step}}","attempt":{{attempt}}}"#;
 
@@ -77,10 +77,7 @@ impl Hook for NotifyShutdown {
         if let Some(after) = response.header("retry-after").and_then(http::retry_after)
             && http::is_retryable(status)
         {
-            log::info(&format!(
-                "{message}; server asks to retry after {}s",
-                after.as_secs()
-            ));
+            lifehook_sdk::info!("{message}; server asks to retry after {}s", after.as_secs());
         }
         Err(response.failure(message))
     }

@@ -9,6 +9,11 @@
 //! replaced it in between), and removed. A kill at any point leaves the lock
 //! intact, or released if it was ours, plus at most a stray private name,
 //! which the next run removes.
+//!
+//! Two runs at once (a hook delivered twice) may remove each other's private
+//! names in that clean-up: a link that vanishes before it is read is made
+//! again, and a lock that vanishes after it was taken was ours (it was
+//! checked just before), so it counts as released.
 
 use std::fs;
 use std::io;
@@ -19,21 +24,42 @@ use lifehook_sdk::fs::{io_failure, temp_path};
 
 use crate::Released;
 
+/// How often a private link removed by a concurrent run's clean-up is made
+/// again before giving up.
+const LINK_ATTEMPTS: usize = 5;
+
 pub fn release(path: &Path, token: &str) -> Result<Released, Failure> {
     remove_stray_links(path);
     let private = temp_path(path);
-    match fs::hard_link(path, &private) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Released::Absent),
-        Err(e) => return Err(io_failure("link", path, &e)),
-    }
-    let outcome = check_and_remove(path, &private, token);
+    let mut attempt = 1;
+    let content = loop {
+        match fs::hard_link(path, &private) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Released::Absent),
+            Err(e) => return Err(io_failure("link", path, &e)),
+        }
+        match fs::read_to_string(&private) {
+            Ok(content) => break content,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < LINK_ATTEMPTS => {
+                attempt += 1;
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&private);
+                return Err(io_failure("read", path, &e));
+            }
+        }
+    };
+    let outcome = check_and_remove(path, &private, &content, token);
     let _ = fs::remove_file(&private);
     outcome
 }
 
-fn check_and_remove(path: &Path, private: &Path, token: &str) -> Result<Released, Failure> {
-    let content = fs::read_to_string(private).map_err(|e| io_failure("read", path, &e))?;
+fn check_and_remove(
+    path: &Path,
+    private: &Path,
+    content: &str,
+    token: &str,
+) -> Result<Released, Failure> {
     let owner = content.lines().next().unwrap_or("").trim();
     if owner != token {
         return Ok(Released::HeldByOther(owner.to_owned()));
@@ -48,7 +74,12 @@ fn check_and_remove(path: &Path, private: &Path, token: &str) -> Result<Released
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Released::Absent),
         Err(e) => return Err(io_failure("take", path, &e)),
     }
-    let taken = fs::read_to_string(private).unwrap_or_default();
+    let taken = match fs::read_to_string(private) {
+        Ok(taken) => taken,
+        // A concurrent run's clean-up removed what was taken: it was ours.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Released::Released),
+        Err(_) => String::new(),
+    };
     let owner = taken.lines().next().unwrap_or("").trim();
     if owner == token {
         return Ok(Released::Released);
@@ -63,11 +94,11 @@ fn put_back(private: &Path, path: &Path) {
     if fs::hard_link(private, path).is_err()
         && (path.exists() || fs::rename(private, path).is_err())
     {
-        lifehook_sdk::log::warn(&format!(
+        lifehook_sdk::warn!(
             "another lock appeared at {} while checking it; the one taken is kept at {}",
             path.display(),
             private.display()
-        ));
+        );
         // Keep it: the caller removes `private` otherwise.
         let kept = private.with_extension("kept");
         let _ = fs::rename(private, kept);

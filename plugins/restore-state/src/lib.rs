@@ -21,8 +21,8 @@ use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use lifehook_sdk::fs::{io_failure, random_u64};
-use lifehook_sdk::{Failure, Hook, Invocation, config, files, log};
+use lifehook_sdk::fs::{IoResultExt as _, io_failure, random_u64};
+use lifehook_sdk::{Failure, Hook, Invocation, config, files};
 use lifehook_snapshot::{Manifest, SnapshotFile, hex, list, read_verified, safe_relative};
 
 struct RestoreState;
@@ -64,10 +64,10 @@ impl Hook for RestoreState {
                     return Ok(summary);
                 }
                 Err(Problem::Corrupt(why)) => {
-                    log::warn(&format!(
+                    lifehook_sdk::warn!(
                         "snapshot {} is corrupt, skipping it: {why}",
                         snapshot.path.display()
-                    ));
+                    );
                     corrupt.push(format!("{}: {why}", file_label(&snapshot.path)));
                 }
                 Err(Problem::Io(failure)) => return Err(failure),
@@ -95,11 +95,16 @@ enum Problem {
     Io(Failure),
 }
 
+impl From<Failure> for Problem {
+    fn from(failure: Failure) -> Problem {
+        Problem::Io(failure)
+    }
+}
+
 /// Verifies `snapshot` while staging its files, then moves them into place.
 fn restore(snapshot: &SnapshotFile, destination: &Path) -> Result<Manifest, Problem> {
     let staging = destination.join(format!(".lifehook-restore-{:016x}", random_u64()));
-    fs::create_dir(&staging)
-        .map_err(|e| Problem::Io(io_failure("create staging directory", &staging, &e)))?;
+    fs::create_dir(&staging).or_fail("create staging directory", &staging)?;
     let result = stage_and_move(snapshot, destination, &staging);
     let _ = fs::remove_dir_all(&staging);
     result
@@ -137,7 +142,7 @@ fn stage_and_move(
     }
     let manifest = verified.map_err(Problem::Corrupt)?;
     // Every staged file durable in one flush, before any is moved into place.
-    files::sync(staging).map_err(|e| Problem::Io(io_failure("flush", staging, &e)))?;
+    files::sync(staging).or_fail("flush", staging)?;
     for f in &manifest.files {
         let Some(relative) = safe_relative(&f.path) else {
             return Err(Problem::Corrupt(format!(
@@ -147,11 +152,9 @@ fn stage_and_move(
         };
         let target = destination.join(&relative);
         if let Some(parent) = target.parent() {
-            fs::create_dir_all(parent)
-                .map_err(|e| Problem::Io(io_failure("create", parent, &e)))?;
+            fs::create_dir_all(parent).or_fail("create", parent)?;
         }
-        fs::rename(staging.join(&relative), &target)
-            .map_err(|e| Problem::Io(io_failure("move into place", &target, &e)))?;
+        fs::rename(staging.join(&relative), &target).or_fail("move into place", &target)?;
     }
     Ok(manifest)
 }

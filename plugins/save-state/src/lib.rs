@@ -23,9 +23,9 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use glob::{MatchOptions, Pattern};
-use lifehook_sdk::fs::{io_failure, write_atomic_via};
+use lifehook_sdk::fs::{IoResultExt as _, write_atomic_via};
 use lifehook_sdk::http::{self, Method};
-use lifehook_sdk::{Failure, Hook, Invocation, config, files, log};
+use lifehook_sdk::{Failure, Hook, Invocation, config, files};
 use lifehook_snapshot::{
     END, FileEntry, MANIFEST_NAME, Manifest, VERSION, entry_header, file_name, hex, list, padding,
 };
@@ -107,7 +107,7 @@ impl Hook for SaveState {
             out.write_all(&END)?;
             Ok(())
         })
-        .map_err(|e| io_failure("write snapshot", &target, &e))?;
+        .or_fail("write snapshot", &target)?;
 
         remove_leftovers(&destination, &name, started);
         let removed = prune(&destination, &name, keep);
@@ -121,7 +121,7 @@ impl Hook for SaveState {
             summary += &format!(", removed {removed} older");
         }
         if let Some(url) = config::get("upload-url") {
-            let body = fs::read(&target).map_err(|e| io_failure("read back", &target, &e))?;
+            let body = fs::read(&target).or_fail("read back", &target)?;
             let headers = config::table("upload-headers");
             let response = http::send(Method::PUT, &url, &headers, body, inv.time_left())?;
             let status = response.status.as_u16();
@@ -175,13 +175,11 @@ fn collect(
     exclude: &[Pattern],
     out: &mut Vec<PathBuf>,
 ) -> Result<(), Failure> {
-    let entries = fs::read_dir(dir).map_err(|e| io_failure("list", dir, &e))?;
+    let entries = fs::read_dir(dir).or_fail("list", dir)?;
     for entry in entries {
-        let entry = entry.map_err(|e| io_failure("list", dir, &e))?;
+        let entry = entry.or_fail("list", dir)?;
         let path = entry.path();
-        let kind = entry
-            .file_type()
-            .map_err(|e| io_failure("inspect", &path, &e))?;
+        let kind = entry.file_type().or_fail("inspect", &path)?;
         if kind.is_dir() {
             collect(root, &path, include, exclude, out)?;
         } else if kind.is_file() {
@@ -193,7 +191,7 @@ fn collect(
                 out.push(relative);
             }
         } else {
-            log::debug(&format!("skipping {} (not a regular file)", path.display()));
+            lifehook_sdk::debug!("skipping {} (not a regular file)", path.display());
         }
     }
     Ok(())

@@ -67,7 +67,16 @@ fn sync_dir(path: &Path) {
 /// Turns an I/O error on `path` into a failure that says what to grant when
 /// the sandbox is the likely cause.
 pub fn io_failure(action: &str, path: &Path, e: &io::Error) -> Failure {
-    let hint = match e.kind() {
+    failure(
+        format!("cannot {action} {}: {e}{}", path.display(), hint(e)),
+        e,
+    )
+}
+
+/// What to check for an I/O error, when the sandbox or the disk is the
+/// likely cause.
+fn hint(e: &io::Error) -> &'static str {
+    match e.kind() {
         io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
             " (grant the directory with access = \"read-write\" in allow.dirs, and check its owner)"
         }
@@ -77,15 +86,40 @@ pub fn io_failure(action: &str, path: &Path, e: &io::Error) -> Failure {
             " (this path is outside every directory the step is granted: add it to allow.dirs)"
         }
         _ => "",
-    };
+    }
+}
+
+/// `message` as a failure that is retryable when `e` may pass (a full disk
+/// that a clean-up frees, an interruption, a timeout).
+fn failure(message: String, e: &io::Error) -> Failure {
     let retryable = matches!(
         e.kind(),
         io::ErrorKind::StorageFull | io::ErrorKind::Interrupted | io::ErrorKind::TimedOut
     );
-    let message = format!("cannot {action} {}: {e}{hint}", path.display());
     if retryable {
         Failure::retryable(message)
     } else {
         Failure::fatal(message)
+    }
+}
+
+/// An I/O error with no path to name (prefer [`IoResultExt::or_fail`],
+/// whose message says what was done to which file).
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Failure {
+        failure(format!("I/O error: {e}{}", hint(&e)), &e)
+    }
+}
+
+/// `?` on file operations: the I/O error as a [`Failure`] that names the
+/// action and the file, like [`io_failure`].
+pub trait IoResultExt<T> {
+    /// `Err(e)` as `cannot ACTION PATH: e (hint)`.
+    fn or_fail(self, action: &str, path: &Path) -> Result<T, Failure>;
+}
+
+impl<T> IoResultExt<T> for io::Result<T> {
+    fn or_fail(self, action: &str, path: &Path) -> Result<T, Failure> {
+        self.map_err(|e| io_failure(action, path, &e))
     }
 }

@@ -1,5 +1,7 @@
 //! Leveled log lines, tagged by the runner with the step name. Plain
 //! `println!`/`eprintln!` output is captured too, at `info`.
+//!
+//! The macros take `format!` arguments: `lifehook_sdk::info!("kept {n}")`.
 
 use crate::bindings::lifehook::hook::log::{Level, emit};
 
@@ -21,4 +23,36 @@ pub fn warn(message: &str) {
 /// Logs at error level.
 pub fn error(message: &str) {
     emit(Level::Error, message);
+}
+
+/// Logs a `format!` message at debug level.
+#[macro_export]
+macro_rules! debug {
+    ($($arg:tt)*) => {
+        $crate::log::debug(&::std::format!($($arg)*))
+    };
+}
+
+/// Logs a `format!` message at info level.
+#[macro_export]
+macro_rules! info {
+    ($($arg:tt)*) => {
+        $crate::log::info(&::std::format!($($arg)*))
+    };
+}
+
+/// Logs a `format!` message at warn level.
+#[macro_export]
+macro_rules! warn {
+    ($($arg:tt)*) => {
+        $crate::log::warn(&::std::format!($($arg)*))
+    };
+}
+
+/// Logs a `format!` message at error level.
+#[macro_export]
+macro_rules! error {
+    ($($arg:tt)*) => {
+        $crate::log::error(&::std::format!($($arg)*))
+    };
 }

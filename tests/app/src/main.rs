@@ -113,7 +113,9 @@ fn main() {
         std::process::exit(code);
     }
     let events = o.events.clone();
-    record(events.as_deref(), "start");
+    // Handlers first: a test that sees `start` may signal at once, and a
+    // SIGTERM before the handlers would kill the app with the default
+    // action instead of being recorded.
     let mut signals = match signal_hook::iterator::Signals::new([
         SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH,
     ]) {
@@ -123,6 +125,7 @@ fn main() {
             std::process::exit(2);
         }
     };
+    record(events.as_deref(), "start");
     if o.orphan
         && let Ok(mut child) = std::process::Command::new(&me)
             .arg("--spawn-and-exit")

@@ -1,8 +1,6 @@
 //! A real etcd on free loopback ports, with its own data directory, driven
 //! through its v3 JSON gateway.
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -93,28 +91,22 @@ impl Etcd {
         self.try_post(path, body).expect("etcd request")
     }
 
-    fn try_post(&self, path: &str, body: &Value) -> std::io::Result<Value> {
-        let body = body.to_string();
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(
-            stream,
-            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        let (head, payload) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-        if !head.starts_with("HTTP/1.1 200") {
-            return Err(std::io::Error::other(head.to_owned()));
+    fn try_post(&self, path: &str, body: &Value) -> Result<Value, String> {
+        let url = format!("{}{path}", self.endpoint());
+        let mut response = super::http_client()
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .send(body.to_string())
+            .map_err(|e| format!("POST {url}: {e}"))?;
+        let status = response.status();
+        let text = response
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| format!("POST {url}: {e}"))?;
+        if status != 200 {
+            return Err(format!("POST {url}: {status}: {text}"));
         }
-        // The gateway may answer chunked; the JSON is the one line between
-        // chunk sizes.
-        let json = payload
-            .lines()
-            .find(|l| l.trim_start().starts_with('{'))
-            .unwrap_or(payload);
-        serde_json::from_str(json).map_err(std::io::Error::other)
+        serde_json::from_str(&text).map_err(|e| format!("POST {url}: {e}: {text}"))
     }
 }
 

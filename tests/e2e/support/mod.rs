@@ -212,6 +212,18 @@ pub fn shared_cache() -> &'static Path {
     })
 }
 
+/// The HTTP client of the tests' own requests to the servers they start:
+/// every status is an answer (not an error), no redirect is followed, and
+/// no request waits longer than 10 s.
+pub fn http_client() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into()
+}
+
 /// A TCP port free right now on loopback.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -220,17 +232,49 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Panics with an install hint when a server binary is missing.
-pub fn require_binary(name: &str, package: &str) -> PathBuf {
+/// The path of `name`, or an install hint when it is missing.
+fn find_binary(name: &str, package: &str) -> Result<PathBuf, String> {
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|p| p.join(name))
             .find(|p| p.is_file())
     });
-    found.unwrap_or_else(|| {
-        panic!("`{name}` is not installed: run `cargo xtask test` (which installs it) or `apt-get install -y {package}`")
+    found.ok_or_else(|| {
+        format!("`{name}` is not installed: run `cargo xtask test` (which installs it) or `apt-get install -y {package}`")
     })
 }
+
+/// Panics with an install hint when a server binary is missing.
+pub fn require_binary(name: &str, package: &str) -> PathBuf {
+    find_binary(name, package).unwrap_or_else(|why| panic!("{why}"))
+}
+
+/// Why a test that needs the server `name` cannot run here, if it cannot.
+/// Under `cargo xtask test` (which installs every server and sets
+/// `LIFEHOOK_REQUIRE_SERVERS`) a missing server is a failure instead, so
+/// nothing is skipped there.
+pub fn missing_server(name: &str, package: &str) -> Option<String> {
+    let why = find_binary(name, package).err()?;
+    assert!(
+        std::env::var_os("LIFEHOOK_REQUIRE_SERVERS").is_none(),
+        "{why}"
+    );
+    Some(why)
+}
+
+/// Returns from the calling test, printing one line that says why, when a
+/// server it needs is not installed (see [`missing_server`]).
+macro_rules! require_server {
+    ($($name:literal, $package:literal);+ $(;)?) => {
+        $(
+            if let Some(why) = $crate::support::missing_server($name, $package) {
+                eprintln!("skipped: {why}");
+                return;
+            }
+        )+
+    };
+}
+pub(crate) use require_server;
 
 /// Waits until `ready` returns true, up to `limit`.
 /// Waits at most `within` for `child` to exit; its status, or `None` (then

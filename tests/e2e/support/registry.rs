@@ -3,8 +3,6 @@
 //! basic auth; and raw registry calls for pushing what `lifehook push`
 //! refuses to.
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -92,62 +90,72 @@ impl Registry {
         let _ = self.child.wait();
     }
 
-    fn authorization(&self) -> String {
+    /// The `Authorization` header's value, when it requires basic auth.
+    fn authorization(&self) -> Option<String> {
         use base64::Engine as _;
-        match &self.credentials {
-            Some((user, password)) => format!(
-                "Authorization: Basic {}\r\n",
+        self.credentials.as_ref().map(|(user, password)| {
+            format!(
+                "Basic {}",
                 base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
-            ),
-            None => String::new(),
-        }
+            )
+        })
     }
 
-    /// One HTTP/1.0 request; the status, the headers and the body.
+    /// One request with `headers` (and the credentials, if any); the
+    /// status, the response headers and the body. `None` when the registry
+    /// cannot be reached.
     fn request(
         &self,
         method: &str,
         path: &str,
-        headers: &str,
+        headers: &[(&str, &str)],
         body: &[u8],
-    ) -> Option<(u16, String, Vec<u8>)> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
+    ) -> Option<(u16, ureq::http::HeaderMap, Vec<u8>)> {
+        let url = format!("http://{}{path}", self.host());
+        let mut request = ureq::http::Request::builder().method(method).uri(&url);
+        if let Some(authorization) = self.authorization() {
+            request = request.header("Authorization", authorization);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let client = super::http_client();
+        let answered = if body.is_empty() {
+            client.run(request.body(()).ok()?)
+        } else {
+            client.run(request.body(body.to_vec()).ok()?)
+        };
+        let mut response = answered.ok()?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_vec()
             .ok()?;
-        let head = format!(
-            "{method} {path} HTTP/1.0\r\nHost: {}\r\n{}{headers}Content-Length: {}\r\n\r\n",
-            self.host(),
-            self.authorization(),
-            body.len()
-        );
-        stream.write_all(head.as_bytes()).ok()?;
-        stream.write_all(body).ok()?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).ok()?;
-        let split = response.windows(4).position(|w| w == b"\r\n\r\n")?;
-        let head = String::from_utf8_lossy(&response[..split]).into_owned();
-        let status = head.split(' ').nth(1)?.parse().ok()?;
-        Some((status, head, response[split + 4..].to_vec()))
+        Some((status, headers, body))
     }
 
-    fn get(&self, path: &str) -> Option<(u16, String, Vec<u8>)> {
-        self.request("GET", path, "", b"")
+    fn get(&self, path: &str) -> Option<(u16, ureq::http::HeaderMap, Vec<u8>)> {
+        self.request("GET", path, &[], b"")
     }
 
     /// Uploads a blob to `repository`; its digest.
     pub fn put_blob(&self, repository: &str, bytes: &[u8]) -> String {
         let digest = format!("sha256:{:x}", Sha256::digest(bytes));
         let (status, head, _) = self
-            .request("POST", &format!("/v2/{repository}/blobs/uploads/"), "", b"")
+            .request(
+                "POST",
+                &format!("/v2/{repository}/blobs/uploads/"),
+                &[],
+                b"",
+            )
             .expect("start upload");
-        assert_eq!(status, 202, "{head}");
+        assert_eq!(status, 202, "{head:?}");
         let location = head
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("Location: ")
-                    .or_else(|| l.strip_prefix("location: "))
-            })
+            .get("location")
+            .and_then(|l| l.to_str().ok())
             .expect("upload location")
             .trim()
             .to_owned();
@@ -160,11 +168,11 @@ impl Registry {
             .request(
                 "PUT",
                 &format!("{path}{sep}digest={digest}"),
-                "Content-Type: application/octet-stream\r\n",
+                &[("Content-Type", "application/octet-stream")],
                 bytes,
             )
             .expect("finish upload");
-        assert_eq!(status, 201, "{head}");
+        assert_eq!(status, 201, "{head:?}");
         digest
     }
 
@@ -200,11 +208,11 @@ impl Registry {
             .request(
                 "PUT",
                 &format!("/v2/{repository}/manifests/{tag}"),
-                "Content-Type: application/vnd.oci.image.manifest.v1+json\r\n",
+                &[("Content-Type", "application/vnd.oci.image.manifest.v1+json")],
                 &manifest,
             )
             .expect("put manifest");
-        assert_eq!(status, 201, "{head}");
+        assert_eq!(status, 201, "{head:?}");
         format!("sha256:{:x}", Sha256::digest(&manifest))
     }
 
@@ -213,7 +221,7 @@ impl Registry {
         let (status, _, body) = self.request(
             "GET",
             &format!("/v2/{repository}/manifests/{tag}"),
-            "Accept: application/vnd.oci.image.manifest.v1+json\r\n",
+            &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
             b"",
         )?;
         (status == 200).then(|| format!("sha256:{:x}", Sha256::digest(&body)))

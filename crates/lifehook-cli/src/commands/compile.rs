@@ -46,7 +46,7 @@ impl Compile {
         use crate::output::{print_out, print_problems};
         use anyhow::Context as _;
         use lifehook_manifest::{PluginRef, PluginSource, PullPolicy};
-        use lifehook_runtime::Runtime;
+        use lifehook_runtime::Host;
         use std::path::PathBuf;
 
         let pipeline =
@@ -102,7 +102,7 @@ impl Compile {
         }
         drop(io);
         sources.lock.save()?;
-        let compiler = Runtime::for_precompiling().context("cannot start the compiler")?;
+        let compiler = Host::for_precompiling().context("cannot start the compiler")?;
         // Plugins compile in parallel; Cranelift also spreads each one's
         // functions over the cores.
         let results: Vec<_> = std::thread::scope(|scope| {

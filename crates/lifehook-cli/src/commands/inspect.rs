@@ -8,6 +8,8 @@ use clap::Args;
 use serde::Serialize;
 use wasmparser::{Parser, Payload};
 
+use lifehook_runtime::contract::{CONTRACT, WASI_PATCH, unsupported};
+
 use super::{CacheArgs, UsageError};
 use crate::exit::EXIT_OK;
 use crate::output::print_out;
@@ -32,11 +34,6 @@ pub struct Inspect {
     #[command(flatten)]
     cache: CacheArgs,
 }
-
-/// The contract this lifehook implements.
-const CONTRACT: &str = "lifehook:hook@0.1.2";
-/// The newest WASI 0.2 release this lifehook's wasmtime provides.
-const WASI_PATCH: u64 = 12;
 
 /// What `inspect` found.
 #[derive(Debug, Serialize)]
@@ -200,64 +197,6 @@ fn grant_of(import: &str) -> Option<&'static str> {
     }
 }
 
-/// Why this lifehook cannot provide `import`, if it cannot.
-fn unsupported(import: &str) -> Option<String> {
-    let (name, version) = import.split_once('@').unwrap_or((import, ""));
-    let (package, interface) = name.split_once('/').unwrap_or((name, ""));
-    let provided: &[&str] = match package {
-        "wasi:cli" => &[
-            "environment",
-            "exit",
-            "stdin",
-            "stdout",
-            "stderr",
-            "terminal-input",
-            "terminal-output",
-            "terminal-stdin",
-            "terminal-stdout",
-            "terminal-stderr",
-        ],
-        "wasi:clocks" => &["monotonic-clock", "wall-clock"],
-        "wasi:random" => &["random", "insecure", "insecure-seed"],
-        "wasi:io" => &["error", "poll", "streams"],
-        "wasi:filesystem" => &["types", "preopens"],
-        "wasi:sockets" => &[
-            "network",
-            "instance-network",
-            "tcp",
-            "tcp-create-socket",
-            "udp",
-            "udp-create-socket",
-            "ip-name-lookup",
-        ],
-        "wasi:http" => &["types", "outgoing-handler"],
-        "wasi:config" => &["store"],
-        "lifehook:hook" => &["types", "log", "deadline", "files"],
-        _ => &[],
-    };
-    if !provided.contains(&interface) {
-        return Some(format!(
-            "it imports {import}, which lifehook does not provide"
-        ));
-    }
-    let wanted = match package {
-        "wasi:config" => version == "0.2.0-rc.1",
-        "lifehook:hook" => matches!(version, "0.1.0" | "0.1.1" | "0.1.2"),
-        _ => version
-            .strip_prefix("0.2.")
-            .and_then(|patch| patch.parse::<u64>().ok())
-            .is_some_and(|patch| patch <= WASI_PATCH),
-    };
-    (!wanted).then(|| {
-        let have = match package {
-            "wasi:config" => "0.2.0-rc.1".to_owned(),
-            "lifehook:hook" => "0.1.0 to 0.1.2".to_owned(),
-            _ => format!("0.2.0 to 0.2.{WASI_PATCH}"),
-        };
-        format!("it imports {import}, but this lifehook provides {package} {have}")
-    })
-}
-
 /// The component's world as WIT text, when it decodes.
 #[cfg(feature = "wit-text")]
 fn wit_of(bytes: &[u8]) -> Option<String> {
@@ -347,7 +286,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn imports_map_to_grants_and_versions_are_checked() {
+    fn imports_map_to_grants() {
         assert_eq!(
             grant_of("wasi:http/outgoing-handler@0.2.0"),
             Some("allow.http")
@@ -355,16 +294,5 @@ mod tests {
         assert_eq!(grant_of("wasi:sockets/tcp@0.2.3"), Some("allow.tcp"));
         assert_eq!(grant_of("wasi:cli/environment@0.2.0"), Some("allow.env"));
         assert_eq!(grant_of("wasi:clocks/wall-clock@0.2.0"), None);
-        assert_eq!(unsupported("wasi:http/types@0.2.12"), None);
-        assert_eq!(unsupported("lifehook:hook/log@0.1.0"), None);
-        assert!(
-            unsupported("wasi:http/types@0.3.0").is_some_and(|m| m.contains("0.2.0 to 0.2.12"))
-        );
-        assert!(
-            unsupported("wasi:keyvalue/store@0.2.0-draft")
-                .is_some_and(|m| m.contains("does not provide"))
-        );
-        assert!(unsupported("wasi:config/store@0.2.0-draft").is_some());
-        assert!(unsupported("lifehook:hook/log@0.2.0").is_some());
     }
 }

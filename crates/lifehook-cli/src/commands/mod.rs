@@ -16,7 +16,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use lifehook_manifest::PhaseName;
 use lifehook_manifest::Pipeline;
 use lifehook_runtime::sources::{Lock, Registries, Sources};
-use lifehook_runtime::{ArtifactCache, Runner, Runtime};
+use lifehook_runtime::{ArtifactCache, Host, Runner};
 
 use crate::logging::LogArgs;
 
@@ -83,7 +83,7 @@ impl Target {
         use anyhow::Context as _;
         let cache = self.cache.cache(&pipeline.path);
         let sources = self.registries.sources(pipeline, &cache)?;
-        let rt = Runtime::new().context("cannot start the WebAssembly engine")?;
+        let rt = Host::new().context("cannot start the WebAssembly engine")?;
         Ok(Runner::new(rt, Some(cache), sources))
     }
 }

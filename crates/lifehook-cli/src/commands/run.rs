@@ -206,6 +206,7 @@ impl Run {
         }
         let options = RunOptions {
             selection,
+            exclusion_words: Some(render::exclusion),
             deadline: self.deadline,
             started: Some(started),
         };

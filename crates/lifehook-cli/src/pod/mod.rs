@@ -492,3 +492,6 @@ fn serve_of(container: &Container) -> Option<Serve> {
         name: container.name.value.clone(),
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -34,7 +34,7 @@ pub fn describe_phase(phase: &Phase, kinds: &Kinds, selection: &Selection) -> St
     for (i, step) in phase.steps.iter().enumerate() {
         out += &describe_step(phase, i, kinds);
         if let Some(why) = selection.excludes(step) {
-            out += &format!("    skipped: {why}\n");
+            out += &format!("    skipped: {}\n", super::exclusion(&why));
         }
         for dir in &step.grants.dirs {
             if !dir.host.is_dir() {
@@ -168,7 +168,10 @@ pub fn dry_run_json(
                 .and_then(|p| kinds.get(&p.to_string()))
                 .and_then(|k| k.as_ref().ok());
             v["kind"] = serde_json::to_value(kind).unwrap_or_default();
-            v["skipped"] = serde_json::to_value(selection.excludes(s)).unwrap_or_default();
+            v["skipped"] = selection
+                .excludes(s)
+                .map(|why| super::exclusion(&why))
+                .into();
             v["needs"] = phase.names(&edges.needs).collect::<Vec<_>>().into();
             v["after"] = phase.names(&edges.after).collect::<Vec<_>>().into();
             v

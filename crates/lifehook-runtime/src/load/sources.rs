@@ -10,11 +10,12 @@
 //! plugins still run from the cache.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use lifehook_manifest::{OciReference, PluginRef, PluginSource, PullPolicy};
 use sha2::{Digest as _, Sha256};
+
+use crate::atomic::{WriteOptions, atomic_write};
 
 /// Why a plugin's bytes cannot be had.
 #[derive(Debug, thiserror::Error)]
@@ -217,11 +218,7 @@ impl Lock {
         let text = format!(
             "# Written by `lifehook compile`: the digest each tagged plugin resolved to.\n# `lifehook run` uses these and never pulls a tag on its own.\n{body}"
         );
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-        tmp.write_all(text.as_bytes()).map_err(io)?;
-        tmp.persist(&self.path).map_err(|e| io(e.error))?;
-        Ok(())
+        atomic_write(&self.path, &[text.as_bytes()], WriteOptions::default()).map_err(io)
     }
 }
 
@@ -328,7 +325,7 @@ impl Sources {
     pub async fn pull(&self, r: &OciReference) -> Result<(String, PathBuf), SourceError> {
         #[cfg(feature = "oci")]
         {
-            let (digest, bytes) = crate::oci::pull(r, &self.registries).await?;
+            let (digest, bytes) = crate::load::oci::pull(r, &self.registries).await?;
             if !wasmparser::Parser::is_component(&bytes) {
                 return Err(SourceError::Pull {
                     reference: r.to_string(),
@@ -383,19 +380,12 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SourceError> {
         path: path.to_path_buf(),
         source,
     };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-    tmp.write_all(bytes).map_err(io)?;
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))
-            .map_err(io)?;
-    }
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    Ok(())
+    let options = WriteOptions {
+        readable_by_all: true,
+        durable: true,
+        create_dir: true,
+    };
+    atomic_write(path, &[bytes], options).map_err(io)
 }
 
 #[cfg(test)]

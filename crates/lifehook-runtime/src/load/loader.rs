@@ -17,10 +17,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use lifehook_manifest::PluginRef;
 use tokio::sync::watch;
 
-use crate::cache::ArtifactCache;
-use crate::engine::Runtime;
-use crate::plugin::{LoadError, Plugin};
-use crate::sources::Sources;
+use crate::engine::Host;
+use crate::load::cache::ArtifactCache;
+use crate::load::plugin::{LoadError, Plugin};
+use crate::load::sources::Sources;
 
 /// A loaded plugin, or why it cannot be used (shared by every step using it).
 pub type LoadResult = Result<Arc<Plugin>, Arc<LoadError>>;
@@ -29,7 +29,7 @@ type Slot = watch::Receiver<Option<LoadResult>>;
 
 /// Plugin slots by plugin (its file, or its OCI reference).
 pub(crate) struct Loader {
-    rt: Runtime,
+    rt: Host,
     cache: Option<ArtifactCache>,
     sources: Sources,
     slots: Mutex<HashMap<String, Slot>>,
@@ -40,7 +40,7 @@ fn shared(loaded: Result<Plugin, LoadError>) -> LoadResult {
 }
 
 /// Loads a local plugin file from its artifact or by compiling.
-fn load_file(rt: &Runtime, cache: Option<&ArtifactCache>, path: &Path) -> LoadResult {
+fn load_file(rt: &Host, cache: Option<&ArtifactCache>, path: &Path) -> LoadResult {
     shared(match cache {
         Some(cache) => cache.load(rt, path),
         None => Plugin::load(rt, path),
@@ -48,7 +48,7 @@ fn load_file(rt: &Runtime, cache: Option<&ArtifactCache>, path: &Path) -> LoadRe
 }
 
 impl Loader {
-    pub(crate) fn new(rt: Runtime, cache: Option<ArtifactCache>, sources: Sources) -> Loader {
+    pub(crate) fn new(rt: Host, cache: Option<ArtifactCache>, sources: Sources) -> Loader {
         Loader {
             rt,
             cache,
@@ -57,7 +57,7 @@ impl Loader {
         }
     }
 
-    pub(crate) fn runtime(&self) -> &Runtime {
+    pub(crate) fn host(&self) -> &Host {
         &self.rt
     }
 
@@ -199,5 +199,88 @@ impl Loader {
                 .unwrap_or_else(|| Err(internal("its load vanished"))),
             Err(_) => Err(internal("its loading thread stopped unexpectedly")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lifehook_manifest::{PluginSource, PullPolicy};
+
+    fn file(path: &str) -> PluginRef {
+        PluginRef {
+            source: PluginSource::File(path.into()),
+            sha256: None,
+            pull: PullPolicy::default(),
+        }
+    }
+
+    fn loader() -> Loader {
+        Loader::new(Host::new().expect("engine"), None, Sources::default())
+    }
+
+    fn tokio() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio")
+    }
+
+    #[test]
+    fn a_plugin_named_by_several_steps_is_loaded_once_and_shared() {
+        let loader = loader();
+        let plugin = file(lifehook_test_artifacts::FIXTURE_HOOK);
+        let (first, second) = tokio().block_on(async {
+            loader.start(&[&plugin, &plugin.clone()]);
+            // A later run asking again makes no second load either.
+            loader.start(&[&plugin]);
+            tokio::join!(loader.get(&plugin), loader.get(&plugin))
+        });
+        assert_eq!(loader.slots().len(), 1);
+        let (first, second) = (first.expect("loads"), second.expect("loads"));
+        assert!(Arc::ptr_eq(&first, &second));
+    }
+
+    #[test]
+    fn load_all_keeps_failures_for_the_steps_that_wait_later() {
+        let loader = loader();
+        let missing = file("/nonexistent/plugin.wasm");
+        let fixture = file(lifehook_test_artifacts::FIXTURE_HOOK);
+        let results = loader.load_all(&[&missing, &fixture]);
+        assert_eq!(results.len(), 2);
+        let Err(error) = &results[0].1 else {
+            panic!("a missing file loaded");
+        };
+        assert!(
+            error.to_string().contains("/nonexistent/plugin.wasm"),
+            "{error}"
+        );
+        let Ok(loaded) = results[1].1.clone() else {
+            panic!("the fixture did not load");
+        };
+        // A run after `load_all` finds both without loading again.
+        let rt = tokio();
+        let again = rt.block_on(async {
+            loader.start(&[&missing, &fixture]);
+            (loader.get(&missing).await, loader.get(&fixture).await)
+        });
+        let (Err(still_failed), Ok(still_loaded)) = again else {
+            panic!("the results changed after load_all");
+        };
+        assert!(Arc::ptr_eq(error, &still_failed));
+        assert!(Arc::ptr_eq(&loaded, &still_loaded));
+    }
+
+    #[test]
+    fn waiting_for_a_plugin_never_scheduled_is_an_error_not_a_hang() {
+        let loader = loader();
+        let result = tokio().block_on(loader.get(&file("/never/started.wasm")));
+        let Err(error) = result else {
+            panic!("an unscheduled plugin loaded");
+        };
+        assert!(
+            error.to_string().contains("not scheduled for loading"),
+            "{error}"
+        );
     }
 }

@@ -10,8 +10,8 @@ use wasmtime::component::{Component, types::ComponentItem};
 use wasmtime_wasi::p2::bindings::CommandPre;
 
 use crate::bindings::HookPre;
-use crate::engine::Runtime;
-use crate::state::StepState;
+use crate::engine::Host;
+use crate::sandbox::state::StepState;
 
 /// Plugins bigger than this get a loud warning when they must be compiled at
 /// run time: interpreters built as components (Python, JavaScript) take many
@@ -116,7 +116,8 @@ pub enum LoadError {
     },
     /// `run` is exported with another signature.
     #[error(
-        "plugin {path} exports `run` with a signature other than lifehook:hook@0.1's (built against another version of wit/hook.wit?): {message}"
+        "plugin {path} exports `run` with a signature other than {}'s (built against another version of wit/hook.wit?): {message}",
+        crate::contract::CONTRACT
     )]
     HookSignature {
         /// The plugin file.
@@ -126,7 +127,8 @@ pub enum LoadError {
     },
     /// It imports something lifehook does not provide.
     #[error(
-        "plugin {path} imports something lifehook does not provide (lifehook offers WASI 0.2 cli, clocks, random, filesystem, sockets and http, wasi:config/store@0.2.0-rc.1 and lifehook:hook/log): {message}"
+        "plugin {path} imports something lifehook does not provide (lifehook offers {}): {message}",
+        crate::contract::offered()
     )]
     Imports {
         /// The plugin file.
@@ -137,7 +139,7 @@ pub enum LoadError {
     /// The plugin's bytes could not be had: not pinned, not pulled, or
     /// other content than its `sha256` pin.
     #[error(transparent)]
-    Source(#[from] crate::sources::SourceError),
+    Source(#[from] crate::load::sources::SourceError),
     /// Loading stopped for a reason of lifehook's own (a thread that died).
     #[error("plugin {path} could not be loaded: {message}")]
     Internal {
@@ -177,7 +179,7 @@ pub(crate) fn sniff(bytes: &[u8]) -> WasmFormat {
 impl Plugin {
     /// Reads, checks and compiles the plugin at `path`. Blocking and
     /// CPU-heavy: call from a blocking thread.
-    pub fn load(rt: &Runtime, path: &Path) -> Result<Plugin, LoadError> {
+    pub fn load(rt: &Host, path: &Path) -> Result<Plugin, LoadError> {
         let started = Instant::now();
         let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
             path: path.to_path_buf(),
@@ -190,7 +192,7 @@ impl Plugin {
 
     /// Classifies `component` by its exports and pre-instantiates it.
     pub(crate) fn prepare(
-        rt: &Runtime,
+        rt: &Host,
         path: &Path,
         component: Component,
         source: CodeSource,
@@ -237,7 +239,7 @@ impl Plugin {
 /// says the compile is eating into a hook's deadline, which deserves a
 /// warning when it is slow.
 pub(crate) fn compile(
-    rt: &Runtime,
+    rt: &Host,
     path: &Path,
     bytes: &[u8],
     at_run_time: bool,
@@ -261,7 +263,7 @@ pub(crate) fn compile(
 /// Compiles a component with Cranelift, warning when it eats into a hook's
 /// deadline.
 #[cfg(feature = "compiler")]
-fn jit(rt: &Runtime, path: &Path, bytes: &[u8], at_run_time: bool) -> Result<Component, LoadError> {
+fn jit(rt: &Host, path: &Path, bytes: &[u8], at_run_time: bool) -> Result<Component, LoadError> {
     let size = bytes.len() as u64;
     if at_run_time && size > LARGE_PLUGIN {
         tracing::warn!(
@@ -290,14 +292,14 @@ fn jit(rt: &Runtime, path: &Path, bytes: &[u8], at_run_time: bool) -> Result<Com
 
 /// Without a compiler only precompiled plugins run.
 #[cfg(not(feature = "compiler"))]
-fn jit(_: &Runtime, path: &Path, _: &[u8], _: bool) -> Result<Component, LoadError> {
+fn jit(_: &Host, path: &Path, _: &[u8], _: bool) -> Result<Component, LoadError> {
     Err(LoadError::NeedsCompiler {
         path: path.to_path_buf(),
     })
 }
 
 /// Tells a hook component from a command by its exports.
-fn classify(rt: &Runtime, path: &Path, component: &Component) -> Result<PluginKind, LoadError> {
+fn classify(rt: &Host, path: &Path, component: &Component) -> Result<PluginKind, LoadError> {
     let ty = component.component_type();
     let mut names = Vec::new();
     let mut has_run_func = false;

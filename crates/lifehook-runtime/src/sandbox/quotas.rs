@@ -20,7 +20,7 @@ use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, OutputStream, Pollable,
 /// What one step may hold and write, and what it ran into; shared by the
 /// step's attempts.
 #[derive(Clone)]
-pub(crate) struct StepCaps {
+pub(crate) struct StepQuotas {
     pub(crate) max_open: usize,
     pub(crate) max_http: usize,
     max_write: u64,
@@ -28,9 +28,9 @@ pub(crate) struct StepCaps {
     reached: Arc<Mutex<Vec<String>>>,
 }
 
-impl StepCaps {
-    pub(crate) fn new(max_open: usize, max_write: u64, max_http: usize) -> StepCaps {
-        StepCaps {
+impl StepQuotas {
+    pub(crate) fn new(max_open: usize, max_write: u64, max_http: usize) -> StepQuotas {
+        StepQuotas {
             max_open,
             max_http,
             max_write,
@@ -131,7 +131,7 @@ pub(crate) fn open_handles(table: &mut ResourceTable, streams: &mut FileStreams)
 /// A file output stream that draws every byte from the step's write budget.
 pub(crate) struct CappedOutput {
     inner: DynOutputStream,
-    caps: StepCaps,
+    caps: StepQuotas,
 }
 
 impl CappedOutput {
@@ -139,7 +139,7 @@ impl CappedOutput {
     pub(crate) fn wrap(
         table: &mut ResourceTable,
         stream: Resource<DynOutputStream>,
-        caps: StepCaps,
+        caps: StepQuotas,
     ) -> wasmtime::Result<Resource<DynOutputStream>> {
         let inner = table.delete(stream)?;
         let capped: DynOutputStream = Box::new(CappedOutput { inner, caps });
@@ -196,9 +196,9 @@ impl OutputStream for CappedOutput {
 
 /// A store's data that keeps caps: the filesystem and sockets gates reach
 /// the caps and the table through this.
-pub(crate) trait CapsView: wasmtime_wasi::WasiView + Send + 'static {
+pub(crate) trait QuotaView: wasmtime_wasi::WasiView + Send + 'static {
     /// This step's caps.
-    fn caps(&self) -> &StepCaps;
+    fn caps(&self) -> &StepQuotas;
     /// The attempt's file streams.
     fn file_streams(&mut self) -> &mut FileStreams;
 }
@@ -208,7 +208,7 @@ const SOCKETS_VERSION: &str = "0.2.12";
 
 /// Shadows socket creation in `linker` so that a new socket counts against
 /// `max-open`.
-pub(crate) fn add_sockets_to_linker<T: CapsView>(linker: &mut Linker<T>) -> anyhow::Result<()> {
+pub(crate) fn add_sockets_to_linker<T: QuotaView>(linker: &mut Linker<T>) -> anyhow::Result<()> {
     use wasmtime_wasi::p2::bindings::sockets::network::{self, IpAddressFamily};
     use wasmtime_wasi::p2::bindings::sockets::{tcp_create_socket, udp_create_socket};
     use wasmtime_wasi::sockets::WasiSocketsView as _;
@@ -256,7 +256,7 @@ pub(crate) fn add_sockets_to_linker<T: CapsView>(linker: &mut Linker<T>) -> anyh
 }
 
 /// `new-socket-limit` when the attempt already holds `max-open` handles.
-fn socket_refused<T: CapsView>(
+fn socket_refused<T: QuotaView>(
     state: &mut T,
 ) -> Option<wasmtime_wasi::p2::bindings::sockets::network::ErrorCode> {
     let max = state.caps().max_open;
@@ -278,7 +278,7 @@ mod tests {
 
     #[test]
     fn the_write_budget_is_shared_and_reported_once() {
-        let caps = StepCaps::new(8, 100, 1);
+        let caps = StepQuotas::new(8, 100, 1);
         assert!(caps.take_write(60));
         let other_attempt = caps.clone();
         assert!(!other_attempt.take_write(41));

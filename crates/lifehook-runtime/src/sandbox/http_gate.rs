@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use lifehook_manifest::{HttpGrant, Scheme};
 use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpHooks};
 
-use crate::caps::StepCaps;
-use crate::denials::Denials;
+use crate::sandbox::denials::Denials;
+use crate::sandbox::quotas::StepQuotas;
 
 /// Lets a request out only when a grant allows its origin, and never with
 /// timeouts beyond the attempt's deadline.
@@ -19,7 +19,7 @@ pub(crate) struct HttpGate {
     pub(crate) grants: Arc<[HttpGrant]>,
     pub(crate) deadline: Instant,
     pub(crate) denials: Denials,
-    pub(crate) caps: StepCaps,
+    pub(crate) caps: StepQuotas,
     /// Requests sent whose connection has not ended yet.
     pub(crate) in_flight: Arc<AtomicUsize>,
 }

@@ -32,11 +32,11 @@ use sha2::{Digest as _, Sha256};
 use wasmtime::component::Linker;
 
 use crate::bindings::lifehook::hook::files::{Error, ErrorKind};
-use crate::caps::StepCaps;
-use crate::denials::Denials;
+use crate::sandbox::denials::Denials;
+use crate::sandbox::quotas::StepQuotas;
 
 /// The contract version whose `files` interface this implements.
-const INTERFACE: &str = "lifehook:hook/files@0.1.2";
+const INTERFACE: &str = concat!("lifehook:hook/files@", crate::contract::version!());
 /// Bytes per read and write.
 const CHUNK: u64 = 4 << 20;
 
@@ -47,7 +47,7 @@ pub(crate) trait FilesView: Send + 'static {
     /// Where denials are recorded.
     fn denials(&self) -> &Denials;
     /// The step's caps (`max-write`).
-    fn files_caps(&self) -> &StepCaps;
+    fn files_caps(&self) -> &StepQuotas;
 }
 
 fn error(kind: ErrorKind, message: impl Into<String>) -> Error {

@@ -31,12 +31,12 @@ use wasmtime_wasi::p2::bindings::filesystem::types::{
 };
 use wasmtime_wasi::p2::bindings::filesystem::{preopens, types};
 
-use crate::caps::{CappedOutput, CapsView, open_handles};
-use crate::denials::Denials;
+use crate::sandbox::denials::Denials;
+use crate::sandbox::quotas::{CappedOutput, QuotaView, open_handles};
 
 /// A store's data that holds an [`FsGate`] beside its WASI context and
 /// its caps.
-pub(crate) trait FsGateView: CapsView {
+pub(crate) trait FsGateView: QuotaView {
     /// The gate of this attempt.
     fn fs_gate(&mut self) -> &mut FsGate;
 }
@@ -317,4 +317,87 @@ fn output_stream<T: FsGateView>(
     let capped = CappedOutput::wrap(state.ctx().table, stream, caps)?;
     state.file_streams().add(capped.rep());
     Ok((Ok(capped),))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A gate with `/data` granted read-only and `/out` read-write, its
+    /// preopens registered as the guest would see them (rep 1 is the empty
+    /// `/`).
+    fn gate() -> (FsGate, Denials) {
+        let denials = Denials::default();
+        let grants = [
+            ("/data".to_owned(), (Access::Read, "app/data".to_owned())),
+            ("/out".to_owned(), (Access::ReadWrite, "app/out".to_owned())),
+        ];
+        let mut gate = FsGate::new(grants.into_iter(), denials.clone());
+        gate.register(1, "/");
+        gate.register(2, "/data");
+        gate.register(3, "/out");
+        (gate, denials)
+    }
+
+    fn preopen(gate: &FsGate, rep: u32) -> Option<Preopen> {
+        gate.preopens.get(&rep).cloned()
+    }
+
+    #[test]
+    fn a_path_outside_every_grant_is_denied_with_the_grant_to_add() {
+        let (gate, denials) = gate();
+        let code = gate.check(preopen(&gate, 1), "etc/passwd", false, ErrorCode::NoEntry);
+        assert!(matches!(code, ErrorCode::Access));
+        let logged = denials.snapshot();
+        assert_eq!(logged.len(), 1, "{logged:?}");
+        assert!(
+            logged[0].contains("/etc/passwd (outside every granted directory)")
+                && logged[0].contains("allow.dirs = [\"/etc\"]"),
+            "{logged:?}"
+        );
+    }
+
+    #[test]
+    fn a_write_under_a_read_only_grant_names_the_read_write_grant() {
+        let (gate, denials) = gate();
+        let code = gate.check(preopen(&gate, 2), "new.txt", true, ErrorCode::NotPermitted);
+        assert!(matches!(code, ErrorCode::ReadOnly));
+        let logged = denials.snapshot();
+        assert!(
+            logged[0].contains("writing /data/new.txt")
+                && logged[0].contains(
+                    "{ host = \"app/data\", guest = \"/data\", access = \"read-write\" }"
+                ),
+            "{logged:?}"
+        );
+    }
+
+    #[test]
+    fn what_the_sandbox_did_not_cause_passes_through_unlogged() {
+        let (gate, denials) = gate();
+        // A missing file in a granted directory is the plugin's business.
+        let missing = gate.check(preopen(&gate, 2), "gone.txt", false, ErrorCode::NoEntry);
+        assert!(matches!(missing, ErrorCode::NoEntry));
+        // So is any error a read-write grant gives.
+        let denied = gate.check(preopen(&gate, 3), "x", true, ErrorCode::Access);
+        assert!(matches!(denied, ErrorCode::Access));
+        // And errors that are not refusals, anywhere.
+        let busy = gate.check(preopen(&gate, 1), "x", true, ErrorCode::Busy);
+        assert!(matches!(busy, ErrorCode::Busy));
+        assert!(denials.snapshot().is_empty(), "{:?}", denials.snapshot());
+    }
+
+    #[test]
+    fn the_empty_root_is_an_empty_directory_nothing_can_be_made_in() {
+        let Some(dir) = empty_dir() else {
+            // No writable temporary directory on this machine: the gate
+            // then runs without it, which the module documents.
+            return;
+        };
+        assert!(dir.is_dir());
+        assert_eq!(std::fs::read_dir(dir).expect("list").count(), 0);
+        assert!(std::fs::write(dir.join("x"), b"x").is_err());
+        // The same directory every time: it is made once per process.
+        assert_eq!(empty_dir(), Some(dir));
+    }
 }

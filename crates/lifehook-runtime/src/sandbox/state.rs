@@ -16,18 +16,18 @@ use wasmtime_wasi_config::WasiConfigVariables;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::bindings::lifehook::hook::{deadline, log};
-use crate::caps::{CapsView, FileStreams, StepCaps};
-use crate::capture::{OutputCapture, Stream};
-use crate::denials::Denials;
-use crate::fs_gate::{FsGate, FsGateView};
-use crate::http_gate::HttpGate;
-use crate::limiter::MemoryLimiter;
+use crate::sandbox::capture::{OutputCapture, Stream};
+use crate::sandbox::denials::Denials;
+use crate::sandbox::fs_gate::{FsGate, FsGateView};
+use crate::sandbox::http_gate::HttpGate;
+use crate::sandbox::memory::MemoryLimiter;
+use crate::sandbox::quotas::{FileStreams, QuotaView, StepQuotas};
 
 /// What a step's attempts share and its report reads: what was denied,
 /// the caps reached, the output.
 pub(crate) struct StepRecord {
     pub(crate) denials: Denials,
-    pub(crate) caps: StepCaps,
+    pub(crate) caps: StepQuotas,
     pub(crate) output: OutputCapture,
 }
 
@@ -40,7 +40,7 @@ pub(crate) struct StepState {
     pub(crate) limiter: MemoryLimiter,
     gate: HttpGate,
     fs_gate: FsGate,
-    caps: StepCaps,
+    caps: StepQuotas,
     file_streams: FileStreams,
     output: OutputCapture,
     dir_grants: Arc<[lifehook_manifest::DirGrant]>,
@@ -89,7 +89,7 @@ impl StepState {
             })?;
         }
         if !step.grants.dirs.iter().any(|d| d.guest == "/")
-            && let Some(empty) = crate::fs_gate::empty_dir()
+            && let Some(empty) = crate::sandbox::fs_gate::empty_dir()
         {
             // See `fs_gate`: paths outside every grant land in this empty,
             // deleted directory, where they fail and are logged.
@@ -192,8 +192,8 @@ impl WasiHttpView for StepState {
     }
 }
 
-impl CapsView for StepState {
-    fn caps(&self) -> &StepCaps {
+impl QuotaView for StepState {
+    fn caps(&self) -> &StepQuotas {
         &self.caps
     }
 
@@ -208,7 +208,7 @@ impl FsGateView for StepState {
     }
 }
 
-impl crate::files::FilesView for StepState {
+impl crate::sandbox::files::FilesView for StepState {
     fn dir_grants(&self) -> &Arc<[lifehook_manifest::DirGrant]> {
         &self.dir_grants
     }
@@ -217,7 +217,7 @@ impl crate::files::FilesView for StepState {
         &self.denials
     }
 
-    fn files_caps(&self) -> &StepCaps {
+    fn files_caps(&self) -> &StepQuotas {
         &self.caps
     }
 }

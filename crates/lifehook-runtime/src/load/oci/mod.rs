@@ -14,15 +14,21 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use lifehook_manifest::OciReference;
 use oci_client::RegistryOperation;
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
-use oci_client::manifest::OciImageManifest;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
-use crate::sources::{Registries, SourceError};
+use crate::load::sources::{Registries, SourceError};
+
+mod auth;
+mod bounded;
+mod manifest;
+
+pub use auth::auth_for;
+use bounded::Bounded;
+use manifest::fetch_manifest;
 
 /// The config media type of a Wasm artifact.
 pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.wasm.config.v0+json";
@@ -43,60 +49,32 @@ fn client(registries: &Registries) -> Client {
     })
 }
 
-fn reference(r: &OciReference) -> Result<Reference, SourceError> {
-    r.without_scheme().parse().map_err(|e| SourceError::Pull {
-        reference: r.to_string(),
-        message: format!("{e}"),
-    })
-}
-
-/// The credentials for `registry`.
-pub fn auth_for(registry: &str) -> RegistryAuth {
-    if let Ok(user) = std::env::var("LIFEHOOK_REGISTRY_USERNAME") {
-        let password = std::env::var("LIFEHOOK_REGISTRY_PASSWORD")
-            .ok()
-            .or_else(|| {
-                // A mounted Secret: the file's content, without a final newline.
-                let file = std::env::var_os("LIFEHOOK_REGISTRY_PASSWORD_FILE")?;
-                let text = std::fs::read_to_string(&file).ok()?;
-                Some(text.trim_end_matches(['\n', '\r']).to_owned())
-            });
-        if let Some(password) = password {
-            return RegistryAuth::Basic(user, password);
+/// The manifest's parsed reference as oci-client's, field by field: the
+/// manifest already checked it against the distribution grammar (and it
+/// always names its registry), so it is not printed and parsed again. Docker
+/// Hub's legacy host and official-image names are normalised as oci-client's
+/// own parser would.
+fn reference(r: &OciReference) -> Reference {
+    let registry = match r.registry.as_str() {
+        "index.docker.io" => "docker.io".to_owned(),
+        other => other.to_owned(),
+    };
+    let repository = if registry == "docker.io" && !r.repository.contains('/') {
+        format!("library/{}", r.repository)
+    } else {
+        r.repository.clone()
+    };
+    match (&r.tag, &r.digest) {
+        (Some(tag), Some(digest)) => {
+            Reference::with_tag_and_digest(registry, repository, tag.clone(), digest.clone())
         }
+        (None, Some(digest)) => Reference::with_digest(registry, repository, digest.clone()),
+        (tag, None) => Reference::with_tag(
+            registry,
+            repository,
+            tag.clone().unwrap_or_else(|| "latest".to_owned()),
+        ),
     }
-    let candidates = [
-        std::env::var_os("REGISTRY_AUTH_FILE").map(std::path::PathBuf::from),
-        std::env::var_os("DOCKER_CONFIG").map(|d| std::path::PathBuf::from(d).join("config.json")),
-        std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".docker/config.json")),
-    ];
-    for file in candidates.into_iter().flatten() {
-        if let Some(auth) = docker_config_auth(&file, registry) {
-            return auth;
-        }
-    }
-    RegistryAuth::Anonymous
-}
-
-/// `auths.<registry>.auth` (base64 of `user:password`) of a docker config.
-fn docker_config_auth(file: &std::path::Path, registry: &str) -> Option<RegistryAuth> {
-    let text = std::fs::read_to_string(file).ok()?;
-    let config: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let auths = config.get("auths")?.as_object()?;
-    let entry = auths.iter().find_map(|(host, v)| {
-        let host = host
-            .trim_start_matches("https://")
-            .trim_start_matches("http://")
-            .trim_end_matches('/');
-        (host == registry).then_some(v)
-    })?;
-    let encoded = entry.get("auth")?.as_str()?;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded)
-        .ok()?;
-    let text = String::from_utf8(decoded).ok()?;
-    let (user, password) = text.split_once(':')?;
-    Some(RegistryAuth::Basic(user.to_owned(), password.to_owned()))
 }
 
 /// A client for `r`'s registry, signed in for `operation` with the
@@ -108,7 +86,7 @@ async fn signed_in(
     operation: RegistryOperation,
     fail: impl Fn(String) -> SourceError,
 ) -> Result<(Client, Reference, RegistryAuth, Option<String>), SourceError> {
-    let image = reference(r)?;
+    let image = reference(r);
     let auth = auth_for(&r.registry);
     let client = client(registries);
     let token = client
@@ -243,125 +221,6 @@ async fn pull_bounded(
     Ok((digest, out.bytes))
 }
 
-/// The media types a manifest is asked for in.
-const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json";
-
-/// Fetches the manifest of `image`, reading at most
-/// [`MAX_MANIFEST_BYTES`] (`oci-client` reads a manifest whole, however
-/// large): the manifest and its digest, verified against the digest the
-/// reference pins or, for a tag, the one the registry names.
-async fn fetch_manifest(
-    image: &Reference,
-    registries: &Registries,
-    auth: &RegistryAuth,
-    token: Option<&str>,
-    received: &AtomicU64,
-) -> Result<(OciImageManifest, String), String> {
-    let registry = image.resolve_registry();
-    let scheme = if registries.insecure.iter().any(|i| i == registry) {
-        "http"
-    } else {
-        "https"
-    };
-    let url = format!(
-        "{scheme}://{registry}/v2/{}/manifests/{}",
-        image.repository(),
-        image.digest().or(image.tag()).unwrap_or("latest")
-    );
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .read_timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| format!("cannot set up an HTTP client: {e}"))?;
-    let mut request = http
-        .get(&url)
-        .header(reqwest::header::ACCEPT, MANIFEST_TYPES);
-    request = match (token, auth) {
-        (Some(token), _) => request.bearer_auth(token),
-        (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
-        (None, _) => request,
-    };
-    let mut response = request
-        .send()
-        .await
-        .map_err(|e| format!("cannot fetch the manifest at {url}: {}", chain(&e)))?;
-    let status = response.status();
-    if !status.is_success() {
-        return Err(match status.as_u16() {
-            401 | 403 => refused_credentials(&url),
-            404 => unknown_reference(&url),
-            code => format!("the registry answered {code} for the manifest at {url}"),
-        });
-    }
-    let named_digest = response
-        .headers()
-        .get("docker-content-digest")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    if let Some(length) = response.content_length()
-        && length > MAX_MANIFEST_BYTES
-    {
-        return Err(format!(
-            "its manifest is {length} bytes; lifehook reads manifests up to {MAX_MANIFEST_BYTES} bytes (4 MiB), as other OCI clients do"
-        ));
-    }
-    let mut body = Bounded {
-        bytes: Vec::new(),
-        limit: MAX_MANIFEST_BYTES,
-        what: "lifehook reads for a manifest (4 MiB, as other OCI clients)",
-        received,
-    };
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| format!("cannot read the manifest at {url}: {}", chain(&e)))?
-    {
-        body.push(&chunk).map_err(|e| e.to_string())?;
-    }
-    let digest = format!("sha256:{}", crate::sources::sha256_hex(&body.bytes));
-    let expected = image.digest().map(str::to_owned).or(named_digest);
-    if let Some(expected) = expected
-        && expected != digest
-    {
-        return Err(format!(
-            "what the registry sent does not match its digest, refused: the manifest is {digest}, the registry named {expected}"
-        ));
-    }
-    parse_manifest(&body.bytes).map(|m| (m, digest))
-}
-
-/// A manifest's bytes as an image manifest, or why they are not one.
-fn parse_manifest(bytes: &[u8]) -> Result<OciImageManifest, String> {
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Head {
-        schema_version: Option<u32>,
-        media_type: Option<String>,
-        manifests: Option<serde_json::Value>,
-    }
-    let head: Head = serde_json::from_slice(bytes)
-        .map_err(|e| format!("its manifest is not valid JSON: {e}"))?;
-    let index_type = head.media_type.as_deref().filter(|t| {
-        *t == oci_client::manifest::OCI_IMAGE_INDEX_MEDIA_TYPE
-            || *t == oci_client::manifest::IMAGE_MANIFEST_LIST_MEDIA_TYPE
-    });
-    if index_type.is_some() || head.manifests.is_some() {
-        return Err(format!(
-            "this reference is an image index (a multi-platform container image), not a Wasm plugin artifact (media type {}); push the plugin with `lifehook push`",
-            index_type.unwrap_or(oci_client::manifest::OCI_IMAGE_INDEX_MEDIA_TYPE)
-        ));
-    }
-    if head.schema_version != Some(2) {
-        return Err(format!(
-            "its manifest has schemaVersion {}, not 2",
-            head.schema_version
-                .map_or_else(|| "(none)".to_owned(), |v| v.to_string())
-        ));
-    }
-    serde_json::from_slice(bytes)
-        .map_err(|e| format!("its manifest is not an OCI image manifest: {e}"))
-}
-
 /// An error and its sources in one line.
 fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
@@ -371,53 +230,6 @@ fn chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
-}
-
-/// A buffer that refuses bytes beyond `limit`, and counts what arrives.
-struct Bounded<'a> {
-    bytes: Vec<u8>,
-    limit: u64,
-    /// What the limit is, for the error.
-    what: &'static str,
-    received: &'a AtomicU64,
-}
-
-impl Bounded<'_> {
-    fn push(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.received.fetch_add(buf.len() as u64, Ordering::Relaxed);
-        if self.bytes.len() as u64 + buf.len() as u64 > self.limit {
-            return Err(std::io::Error::other(format!(
-                "the registry sent more than the {} bytes {}; stopped reading",
-                self.limit, self.what
-            )));
-        }
-        self.bytes.extend_from_slice(buf);
-        Ok(())
-    }
-}
-
-impl tokio::io::AsyncWrite for Bounded<'_> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::task::Poll::Ready(self.push(buf).map(|()| buf.len()))
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
 }
 
 /// Pushes a component to `r` with `config` (JSON) as the artifact's
@@ -505,6 +317,31 @@ fn describe(e: &oci_client::errors::OciDistributionError, registry: &str) -> Str
                 );
             }
             text
+        }
+    }
+}
+
+#[cfg(test)]
+mod reference_tests {
+    use super::*;
+
+    #[test]
+    fn the_manifest_reference_converts_as_oci_client_would_parse_it() {
+        for text in [
+            "oci://registry.example.com:5000/hooks/notify:1.0",
+            "oci://localhost:5000/a/b/c@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "oci://ghcr.io/org/x:v1@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "oci://docker.io/notify:2",
+            "oci://index.docker.io/org/notify:2",
+        ] {
+            let ours = OciReference::parse(text).expect("valid");
+            let parsed: Reference = ours.without_scheme().parse().expect("oci-client parses it");
+            let converted = reference(&ours);
+            assert_eq!(converted.whole(), parsed.whole(), "{text}");
+            assert_eq!(converted.registry(), parsed.registry(), "{text}");
+            assert_eq!(converted.repository(), parsed.repository(), "{text}");
+            assert_eq!(converted.tag(), parsed.tag(), "{text}");
+            assert_eq!(converted.digest(), parsed.digest(), "{text}");
         }
     }
 }

@@ -1,0 +1,322 @@
+//! The state of `lifehook serve` behind its connections: which phase runs,
+//! which completed (a repeated trigger gets the earlier report), the
+//! bearer-token check and draining on SIGTERM.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use lifehook_manifest::{PhaseName, Pipeline};
+use lifehook_runtime::{PhaseStatus, RunOptions, Runner};
+use tokio::sync::watch;
+
+use crate::output::print_err;
+use crate::render;
+
+/// What a finished run answers with.
+struct Finished {
+    status: PhaseStatus,
+    text: String,
+    json: String,
+}
+
+/// One phase's runs: the one in progress, and the last that succeeded.
+#[derive(Default)]
+struct PhaseRuns {
+    running: Option<watch::Receiver<Option<Arc<Finished>>>>,
+    completed: Option<(Instant, Arc<Finished>)>,
+}
+
+pub(super) struct Server {
+    pipeline: Pipeline,
+    runner: Runner,
+    token: Option<Arc<[u8]>>,
+    phases: Arc<Mutex<HashMap<PhaseName, PhaseRuns>>>,
+    /// Stopping (SIGTERM or SIGINT): runs in progress finish and their
+    /// callers are answered, `/healthz` still answers, no new run starts.
+    draining: AtomicBool,
+}
+
+/// How a trigger was served.
+#[derive(Clone, Copy)]
+enum Served {
+    /// A new run of the phase.
+    New,
+    /// None: the server is stopping and the phase was not running.
+    Refused,
+    /// It joined a run in progress.
+    Joined,
+    /// The phase had completed; the earlier report.
+    Repeat(Instant),
+}
+
+impl Server {
+    pub(super) fn new(pipeline: Pipeline, runner: Runner, token: Option<Arc<[u8]>>) -> Server {
+        Server {
+            pipeline,
+            runner,
+            token,
+            phases: Arc::default(),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    pub(super) async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Full<Bytes>> {
+        let path = req.uri().path();
+        if path == "/healthz" {
+            // Still 200 while stopping: a sidecar's liveness probe must not
+            // get it restarted in the middle of a pre-stop.
+            let body = if self.is_draining() {
+                "ok: stopping, waiting for running phases\n"
+            } else {
+                "ok\n"
+            };
+            return respond(StatusCode::OK, "text/plain", body.into());
+        }
+        let phase = match path {
+            "/pre-stop" => PhaseName::PreStop,
+            "/post-start" => PhaseName::PostStart,
+            _ => {
+                return respond(
+                    StatusCode::NOT_FOUND,
+                    "text/plain",
+                    "not found: use /pre-stop, /post-start or /healthz\n".into(),
+                );
+            }
+        };
+        if !matches!(*req.method(), Method::GET | Method::POST) {
+            let mut r = respond(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "use GET or POST\n".into(),
+            );
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
+            return r;
+        }
+        if !self.authorized(&req) {
+            tracing::warn!("refused a trigger of {phase} from {peer}: missing or wrong token");
+            let mut r = respond(
+                StatusCode::UNAUTHORIZED,
+                "text/plain",
+                "a valid `Authorization: Bearer <token>` header is required\n".into(),
+            );
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+        // A trigger takes no body: any length but 0, or a chunked one, is
+        // refused before a byte of it is read.
+        let has_body = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v != "0")
+            || req.headers().contains_key(header::TRANSFER_ENCODING);
+        if has_body {
+            return respond(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "text/plain",
+                "triggers take no body\n".into(),
+            );
+        }
+        if self.pipeline.phase(phase).is_none() {
+            return respond(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                format!("the pipeline has no [{phase}] section\n"),
+            );
+        }
+        let force = req.uri().query().is_some_and(|q| {
+            q.split('&')
+                .any(|kv| matches!(kv, "force=1" | "force=true"))
+        });
+        let json = req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("application/json"));
+        tracing::info!(
+            "trigger of {phase} from {peer}{}",
+            if force { " (force)" } else { "" }
+        );
+        let (finished, served) = self.trigger(phase, force).await;
+        if let Served::Refused = served {
+            return respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("lifehook serve is stopping: {phase} is not started any more\n"),
+            );
+        }
+        let Some(finished) = finished else {
+            return respond(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                format!("the {phase} run stopped unexpectedly\n"),
+            );
+        };
+        let code = if finished.status == PhaseStatus::Ok {
+            StatusCode::OK
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        };
+        let (kind, body) = match (json, served) {
+            (true, Served::Repeat(at)) => {
+                let mut v: serde_json::Value =
+                    serde_json::from_str(&finished.json).unwrap_or_default();
+                v["repeat"] = true.into();
+                v["completed_ms_ago"] = (at.elapsed().as_millis() as u64).into();
+                (
+                    "application/json",
+                    format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default()),
+                )
+            }
+            (true, _) => ("application/json", format!("{}\n", finished.json)),
+            (false, Served::Repeat(at)) => (
+                "text/plain",
+                format!(
+                    "lifehook {phase}: ok (repeat: completed {} ago; nothing was run, ?force=1 runs it again)\n{}",
+                    lifehook_units::format_duration(at.elapsed()),
+                    finished.text
+                ),
+            ),
+            (false, _) => ("text/plain", finished.text.clone()),
+        };
+        let mut r = respond(code, kind, body);
+        let how = match served {
+            Served::New => "new",
+            Served::Refused => "refused",
+            Served::Joined => "joined",
+            Served::Repeat(_) => "repeat",
+        };
+        r.headers_mut()
+            .insert("lifehook-run", HeaderValue::from_static(how));
+        r
+    }
+
+    /// Constant-time comparison of the bearer token, when one is set.
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .unwrap_or_default();
+        use subtle::ConstantTimeEq as _;
+        bool::from(given.ct_eq(token))
+    }
+
+    fn runs(&self) -> std::sync::MutexGuard<'_, HashMap<PhaseName, PhaseRuns>> {
+        self.phases.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts `phase`, joins its run, or returns its earlier success.
+    async fn trigger(&self, phase: PhaseName, force: bool) -> (Option<Arc<Finished>>, Served) {
+        let (mut rx, served) = {
+            let mut runs = self.runs();
+            let runs = runs.entry(phase).or_default();
+            match (&runs.running, &runs.completed) {
+                (Some(rx), _) => (rx.clone(), Served::Joined),
+                (None, Some((at, done))) if !force => {
+                    return (Some(done.clone()), Served::Repeat(*at));
+                }
+                // Checked under the same lock `drain` takes, so that no run
+                // starts after the drain counted the running ones.
+                _ if self.is_draining() => return (None, Served::Refused),
+                _ => {
+                    let (tx, rx) = watch::channel(None);
+                    runs.running = Some(rx.clone());
+                    self.start(phase, tx);
+                    (rx, Served::New)
+                }
+            }
+        };
+        let finished = rx
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|v| v.clone());
+        (finished, served)
+    }
+
+    /// Runs `phase` in a task of its own and publishes its result.
+    fn start(&self, phase: PhaseName, tx: watch::Sender<Option<Arc<Finished>>>) {
+        let Some(p) = self.pipeline.phase(phase).cloned() else {
+            return;
+        };
+        let (runner, path, runs) = (
+            self.runner.clone(),
+            self.pipeline.path.clone(),
+            self.phases.clone(),
+        );
+        tokio::spawn(async move {
+            let finished = Arc::new(run_phase(&runner, &path, &p).await);
+            {
+                let mut map = runs.lock().unwrap_or_else(PoisonError::into_inner);
+                let entry = map.entry(phase).or_default();
+                entry.running = None;
+                if finished.status == PhaseStatus::Ok {
+                    entry.completed = Some((Instant::now(), finished.clone()));
+                }
+            }
+            let _ = tx.send(Some(finished));
+        });
+    }
+
+    pub(super) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Begins stopping: see [`Server::draining`].
+    pub(super) fn drain(&self) {
+        let _runs = self.runs();
+        self.draining.store(true, Ordering::Release);
+        print_err("lifehook serve: stopping; waiting for running phases\n");
+    }
+
+    /// Waits until no phase is running.
+    pub(super) async fn wait_for_running(&self) {
+        let running: Vec<_> = self
+            .runs()
+            .values()
+            .filter_map(|r| r.running.clone())
+            .collect();
+        for mut rx in running {
+            let _ = rx.wait_for(Option::is_some).await;
+        }
+    }
+}
+
+async fn run_phase(runner: &Runner, path: &Path, phase: &lifehook_manifest::Phase) -> Finished {
+    let options = RunOptions {
+        started: Some(Instant::now()),
+        ..RunOptions::default()
+    };
+    let report = runner.run(path, phase, &options).await;
+    Finished {
+        status: report.status,
+        text: render::text(&report),
+        json: render::json(&report),
+    }
+}
+
+pub(super) fn respond(code: StatusCode, kind: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = code;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    r
+}
