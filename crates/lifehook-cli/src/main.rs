@@ -12,7 +12,7 @@ mod delivery;
 mod exit;
 mod logging;
 mod output;
-mod pod;
+mod plugins;
 mod render;
 mod supervisor;
 

@@ -7,10 +7,10 @@ use clap::Args;
 use lifehook_manifest::{Pipeline, Severity};
 use lifehook_runtime::Selection;
 
-use super::plugins::{Kinds, load_plugins};
 use super::{DEFAULT_PIPELINE, PhaseArg, Target, UsageError};
 use crate::exit::{EXIT_INVALID, EXIT_OK};
 use crate::output::{print_out, print_problems};
+use crate::plugins::{Kinds, load_plugins};
 use crate::render::plan::describe_phase;
 
 /// Check the pipeline file, that every plugin loads and has the right
@@ -72,7 +72,7 @@ impl Check {
             }
         }
         if let Some(manifest) = &self.pod {
-            let found = crate::pod::check(manifest, &pipeline)?;
+            let found = super::pod::check(manifest, &pipeline)?;
             for line in &found.ok {
                 out += &format!("{}: {line}\n", manifest.display());
             }
@@ -109,7 +109,7 @@ impl Check {
         if given {
             return Ok(None);
         }
-        let Some(carried) = crate::pod::carried_pipeline(manifest)? else {
+        let Some(carried) = super::pod::carried_pipeline(manifest)? else {
             return Err(UsageError(format!(
                 "no pipeline given: pass -f FILE (there is no {DEFAULT_PIPELINE} here, and {} has no ConfigMap holding one)",
                 manifest.display()

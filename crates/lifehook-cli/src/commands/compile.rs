@@ -42,8 +42,8 @@ pub struct Compile {
 impl Compile {
     #[cfg(feature = "compiler")]
     pub fn execute(self) -> anyhow::Result<i32> {
-        use super::plugins::distinct_plugins;
         use crate::output::{print_out, print_problems};
+        use crate::plugins::distinct_plugins;
         use anyhow::Context as _;
         use lifehook_manifest::{PluginRef, PluginSource, PullPolicy};
         use lifehook_runtime::Host;

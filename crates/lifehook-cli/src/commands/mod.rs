@@ -5,7 +5,7 @@ mod compile;
 mod exec;
 mod inspect;
 mod new;
-pub(crate) mod plugins;
+mod pod;
 mod push;
 pub mod run;
 pub mod serve;

@@ -6,12 +6,12 @@ use clap::Args;
 use lifehook_manifest::{Phase, PhaseName, Pipeline};
 use lifehook_runtime::{RunOptions, Runner, Selection};
 
-use super::plugins::load_plugins;
 use super::tokio_runtime;
 use super::{PhaseArg, ReportFormat, Target, UsageError};
 use crate::delivery::{Claim, Delivery, Guard};
 use crate::exit::{EXIT_DEADLINE, EXIT_INVALID, EXIT_OK};
 use crate::output::{print_out, print_problems};
+use crate::plugins::load_plugins;
 use crate::render;
 use crate::render::plan::{describe_phase, dry_run_json};
 

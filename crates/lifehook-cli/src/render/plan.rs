@@ -9,7 +9,7 @@ use lifehook_manifest::{Access, OnFailure, Phase};
 use lifehook_runtime::{PluginKind, Selection};
 use lifehook_units::{format_duration, format_size};
 
-use crate::commands::plugins::Kinds;
+use crate::plugins::Kinds;
 
 /// The plan of one phase: its budget, then each step (plugin, limits,
 /// graph, grants), then the worst-case timeline.

@@ -27,11 +27,11 @@ mod slots;
 use server::{Server, respond};
 use slots::{Slot, Slots};
 
-use super::plugins::load_plugins;
 use super::tokio_runtime;
 use super::{Target, UsageError};
 use crate::exit::{EXIT_INVALID, EXIT_OK};
 use crate::output::{print_err, print_problems};
+use crate::plugins::load_plugins;
 
 /// Serve the pipeline's phases over HTTP, for `httpGet` hooks or a sidecar.
 ///

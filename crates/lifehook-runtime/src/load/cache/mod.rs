@@ -122,11 +122,7 @@ impl ArtifactCache {
     /// compiles it (saying why).
     pub fn load(&self, rt: &Host, plugin: &Path) -> Result<Plugin, LoadError> {
         let started = Instant::now();
-        let bytes = read_plugin(plugin).map_err(|source| LoadError::Read {
-            path: plugin.to_path_buf(),
-            source,
-        })?;
-        let plugin_hash = xxh3_128(&bytes);
+        let (bytes, plugin_hash) = read_and_hash(plugin)?;
         let artifact = self.artifact_path(plugin, plugin_hash);
         match load_artifact(rt, &artifact, plugin_hash) {
             Ok(Some(component)) => {
@@ -176,11 +172,7 @@ impl ArtifactCache {
     #[cfg(feature = "compiler")]
     pub fn compile(&self, compiler: &Host, plugin: &Path) -> Result<Compiled, CompileError> {
         let started = Instant::now();
-        let bytes = read_plugin(plugin).map_err(|source| LoadError::Read {
-            path: plugin.to_path_buf(),
-            source,
-        })?;
-        let plugin_hash = xxh3_128(&bytes);
+        let (bytes, plugin_hash) = read_and_hash(plugin)?;
         let component = plugin::compile(compiler, plugin, &bytes, false)?;
         let loaded = Plugin::prepare(
             compiler,
@@ -252,6 +244,16 @@ fn is_abandoned_write(entry: &fs::DirEntry) -> bool {
             .ok()
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age > ABANDONED_AFTER)
+}
+
+/// The plugin's bytes and the hash that names its artifacts.
+fn read_and_hash(plugin: &Path) -> Result<(Vec<u8>, u128), LoadError> {
+    let bytes = read_plugin(plugin).map_err(|source| LoadError::Read {
+        path: plugin.to_path_buf(),
+        source,
+    })?;
+    let hash = xxh3_128(&bytes);
+    Ok((bytes, hash))
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use lifehook_manifest::{Diagnostic, PhaseName, Pipeline};
 use lifehook_units::format_duration;
 use serde_saphyr::Spanned;
 
-use crate::commands::{Cli, Command, UsageError};
+use super::{Cli, Command, UsageError};
 
 mod k8s;
 
