@@ -420,3 +420,45 @@ fn demo() -> anyhow::Result<u8> {
         .and_then(|c| u8::try_from(c).ok())
         .unwrap_or(1))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The README's Layout section names every crate and every top-level
+    /// module of each crate's `src/`, so a newcomer finds a room by its
+    /// name there.
+    #[test]
+    fn the_readme_layout_names_every_crate_and_top_level_module() {
+        let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
+        let start = readme.find("## Layout").expect("a Layout section");
+        let section = &readme[start..];
+        let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+        let mut missing = Vec::new();
+        let crates = std::fs::read_dir(root().join("crates")).expect("crates/");
+        for krate in crates.flatten() {
+            let name = krate.file_name().to_string_lossy().into_owned();
+            if !section.contains(&format!("{name}/")) {
+                missing.push(name.clone());
+            }
+            let Ok(src) = std::fs::read_dir(krate.path().join("src")) else {
+                continue;
+            };
+            for entry in src.flatten() {
+                let file = entry.file_name().to_string_lossy().into_owned();
+                let named = match file.strip_suffix(".rs") {
+                    Some("lib" | "mod") => continue,
+                    Some(_) => file.clone(),
+                    None => format!("{file}/"),
+                };
+                if !section.contains(&named) {
+                    missing.push(format!("{name}/src/{named}"));
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "the README's Layout does not name {missing:?}"
+        );
+    }
+}
