@@ -51,7 +51,10 @@ impl InterpolationError {
     }
 }
 
-/// Replaces every `${...}` in `input` using `lookup`.
+/// Replaces every `${...}` in `input` using `lookup`. One pass, left to
+/// right: a value is never interpolated again, so a variable holding `${X}`
+/// (or `$$`) ends up in the result as written, and no value can make the
+/// pipeline read another variable.
 pub fn interpolate(
     input: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
@@ -76,6 +79,9 @@ pub fn interpolate(
                     name: name.to_owned(),
                 });
             }
+            // An unset variable without a fallback is an error, not an empty
+            // string: `url = "http://${HOST}/..."` with HOST unset would
+            // otherwise be a request to the wrong place at shutdown.
             match (lookup(name), fallback) {
                 (Some(value), Some(fallback)) if value.is_empty() => out.push_str(fallback),
                 (Some(value), _) => out.push_str(&value),

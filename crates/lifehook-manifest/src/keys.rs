@@ -26,8 +26,14 @@ pub(crate) fn fields_of<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
     fields
 }
 
+/// A deserializer that records the field list a derived `Deserialize` hands
+/// to `deserialize_struct`, then stops. serde keeps that list private to the
+/// derive; asking for it this way means a field added to a schema type is a
+/// known key here with no second list to update.
 struct Introspect<'a>(&'a mut &'static [&'static str]);
 
+/// The only error [`Introspect`] returns: introspection never produces a
+/// value, so every path ends in it.
 #[derive(Debug)]
 struct Stop;
 
@@ -48,6 +54,7 @@ impl de::Error for Stop {
 impl<'de> Deserializer<'de> for Introspect<'_> {
     type Error = Stop;
 
+    // Anything but a struct (an enum, a map) has no field list to give.
     fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
         Err(Stop)
     }
@@ -69,7 +76,10 @@ impl<'de> Deserializer<'de> for Introspect<'_> {
     }
 }
 
-/// Which table of the schema a TOML table is.
+/// Which table of the schema a TOML table is. The walk descends only into
+/// tables the schema defines (see [`Table::child`]): a step's `config` or
+/// `env` take any keys, so they are never checked here. Phases and steps
+/// carry their phase's name for the message.
 #[derive(Clone, Copy)]
 enum Table {
     Top,
@@ -84,6 +94,7 @@ enum Table {
 }
 
 impl Table {
+    /// The keys the schema type behind this table accepts.
     fn fields(self) -> &'static [&'static str] {
         match self {
             Table::Top => fields_of::<RawPipeline>(),
@@ -98,6 +109,7 @@ impl Table {
         }
     }
 
+    /// Where the table is, as the message says it: `in [pre-stop]`.
     fn describe(self) -> String {
         match self {
             Table::Top => "at the top level".into(),
@@ -129,12 +141,16 @@ impl Table {
     }
 }
 
+/// A key holding a schema table: one table (`[defaults]`) or an array of
+/// them (`[[pre-stop.steps]]`, `allow.dirs`), each checked as `Table`.
 enum Child {
     Table(Table),
     Array(Table),
 }
 
-/// Every unknown key in the document.
+/// Every unknown key in the document, in file order. All are reported at
+/// once, not just the first, so that one edit fixes a file: serde would
+/// stop at the first and hide the others behind it.
 pub(crate) fn check(doc: &Spanned<DeTable<'_>>, path: &Path, source: &str) -> Vec<Diagnostic> {
     let mut problems = Vec::new();
     let lines = crate::diagnostic::LineIndex::new(source);
@@ -155,6 +171,9 @@ struct Located<'a> {
     lines: &'a crate::diagnostic::LineIndex,
 }
 
+/// Checks the keys of `table` as a `kind`, then the schema tables inside it.
+/// An unknown key is not descended into: what is inside it is unknown too,
+/// and one diagnostic for it says enough.
 fn walk(table: &DeTable<'_>, kind: Table, at: &Located<'_>, problems: &mut Vec<Diagnostic>) {
     let fields = kind.fields();
     for (key, value) in table {
@@ -191,7 +210,10 @@ fn walk(table: &DeTable<'_>, kind: Table, at: &Located<'_>, problems: &mut Vec<D
     }
 }
 
-/// The known key nearest to `name`, if it is near enough to be a typo.
+/// The known key nearest to `name`, if it is near enough to be a typo: at
+/// most two edits, or a quarter of the key's length for long keys
+/// (`max-concurency`), so that a short unrelated key is never suggested for
+/// a long one.
 fn closest(name: &str, fields: &[&'static str]) -> Option<&'static str> {
     fields
         .iter()

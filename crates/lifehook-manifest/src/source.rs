@@ -110,6 +110,10 @@ impl OciReference {
         let rest = text
             .strip_prefix("oci://")
             .ok_or_else(|| format!("{text:?} is not an oci:// reference"))?;
+        // Right to left, as the distribution grammar is read: the digest
+        // after `@`, then the registry before the first `/`, then a tag
+        // after the last `:` that follows the last `/` (a registry's port
+        // also uses `:`).
         let (rest, digest) = match rest.split_once('@') {
             Some((rest, digest)) => (rest, Some(digest)),
             None => (rest, None),
@@ -120,6 +124,9 @@ impl OciReference {
         let (registry, path) = rest.split_once('/').ok_or_else(|| {
             format!("{text:?} has no repository: write oci://REGISTRY/REPOSITORY:TAG")
         })?;
+        // The registry must be written: without Docker's implicit
+        // `docker.io`, a reference says where it is pulled from, and
+        // `oci://hooks/notify` cannot silently mean Docker Hub.
         if registry.is_empty() || !registry.contains(['.', ':']) && registry != "localhost" {
             return Err(format!(
                 "{text:?} does not start with a registry host: write oci://registry.example.com/hooks/notify:1.0 (a host with a dot or a port, or localhost)"
@@ -166,11 +173,15 @@ impl OciReference {
                 ));
             }
         }
+        // No implicit `latest`: a hook that follows whatever was pushed last
+        // is a choice to write out.
         if tag.is_none() && digest.is_none() {
             return Err(format!(
                 "{text:?} names neither a tag nor a digest: add `:TAG`, `@sha256:DIGEST` (which can never change) or both"
             ));
         }
+        // Host names are case-insensitive; lower-cased once here so that
+        // the insecure-registry list and the cache compare them as text.
         Ok(OciReference {
             registry: registry.to_ascii_lowercase(),
             repository: repository.to_owned(),

@@ -25,6 +25,8 @@ impl<'de> Deserialize<'de> for DurationValue {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a duration with its unit, like \"500ms\", \"5s\" or \"1m\"")
             }
+            // Zero is refused: a zero timeout or deadline would fail every
+            // step at once, which is never what the author meant.
             fn visit_str<E: de::Error>(self, v: &str) -> Result<DurationValue, E> {
                 match lifehook_units::parse_duration(v) {
                     Ok(d) if d.is_zero() => Err(E::custom(format!(
@@ -34,6 +36,9 @@ impl<'de> Deserialize<'de> for DurationValue {
                     Err(e) => Err(E::custom(e)),
                 }
             }
+            // A bare number is refused rather than read as seconds or
+            // milliseconds: both readings are common, and a wrong guess is
+            // off by a thousand.
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<DurationValue, E> {
                 Err(E::custom(format!(
                     "a bare number is not a duration: write the unit, like \"{v}s\" or \"{v}ms\""
@@ -61,6 +66,7 @@ impl<'de> Deserialize<'de> for SizeValue {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a size with its unit, like \"64MiB\" or \"512KiB\"")
             }
+            // Zero is refused: no plugin runs, or writes anything, in it.
             fn visit_str<E: de::Error>(self, v: &str) -> Result<SizeValue, E> {
                 match lifehook_units::parse_size(v) {
                     Ok(0) => Err(E::custom(format!(
@@ -70,6 +76,7 @@ impl<'de> Deserialize<'de> for SizeValue {
                     Err(e) => Err(E::custom(e)),
                 }
             }
+            // Bytes or mebibytes? Written with a unit, never guessed.
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<SizeValue, E> {
                 Err(E::custom(format!(
                     "a bare number is not a size: write the unit, like \"{v}MiB\" or \"{v}B\""
@@ -88,6 +95,8 @@ impl fmt::Display for SizeValue {
 
 /// A fuel budget: a positive integer (roughly one unit per WebAssembly
 /// instruction), or `"unlimited"`.
+/// `"unlimited"` must be written out: no default is unlimited, so a plugin
+/// without a budget is always a visible choice in the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fuel {
     /// At most this much fuel.
@@ -104,6 +113,8 @@ impl<'de> Deserialize<'de> for Fuel {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a positive integer (like 1_000_000_000) or \"unlimited\"")
             }
+            // Fuel is a count, so a bare integer is right here; TOML's
+            // `1_000_000` digit separators keep large ones readable.
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Fuel, E> {
                 match u64::try_from(v) {
                     Ok(v) if v > 0 => Ok(Fuel::Limited(v)),

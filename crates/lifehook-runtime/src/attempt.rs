@@ -19,9 +19,15 @@ use crate::sandbox::state::{StepRecord, StepState};
 #[derive(Debug, PartialEq)]
 pub(crate) struct AttemptResult {
     pub(crate) outcome: Outcome,
+    /// The report's message: the plugin's summary, or why it failed.
     pub(crate) message: String,
+    /// Whether another attempt may pass (see `step`'s retry rules). Only
+    /// failures the plugin called retryable, failing commands and timeouts
+    /// are: a limit reached or a grant missing fails the same way again.
     pub(crate) retryable: bool,
+    /// The plugin's "not before" for the next attempt.
     pub(crate) retry_after: Option<Duration>,
+    /// Fuel burned; `None` when the count cannot be trusted (an interrupt).
     pub(crate) fuel: Option<u64>,
 }
 
@@ -37,7 +43,9 @@ impl AttemptResult {
     }
 }
 
-/// What a call into the plugin returned, before classification.
+/// What a call into the plugin returned, before classification: a hook's
+/// `result<string, failure>`, or a command's `wasi:cli/run` result (which
+/// carries no reason; its exit code comes as an `I32Exit` error instead).
 pub(crate) enum Returned {
     Hook(Result<String, Failure>),
     Command(Result<(), ()>),
@@ -52,7 +60,10 @@ pub(crate) enum Ended {
     Returned(wasmtime::Result<Returned>),
 }
 
-/// What besides the call's result decides the outcome.
+/// What besides the call's result decides the outcome. A limit or a denial
+/// usually surfaces in the guest as some other error (an allocation that
+/// fails, a connection refused), so the outcome is decided from what the
+/// host saw, not from what the plugin made of it.
 pub(crate) struct Evidence {
     pub(crate) timeout: Duration,
     pub(crate) fuel: Fuel,
@@ -68,6 +79,10 @@ pub(crate) struct Evidence {
 }
 
 /// Runs one attempt of `step`'s plugin until it returns or `deadline`.
+/// Each attempt gets a fresh store and instance: nothing a failed attempt
+/// left in memory (a poisoned global, half-built state) reaches the next,
+/// and instantiating from the pre-instantiated component costs
+/// microseconds.
 pub(crate) async fn run(
     plugin: &Plugin,
     step: &Step,
@@ -75,6 +90,8 @@ pub(crate) async fn run(
     deadline: Instant,
     record: &StepRecord,
 ) -> AttemptResult {
+    // Names in TCP grants are resolved per attempt (a Service's address may
+    // change between attempts), within the attempt's own deadline.
     let tcp = match tokio::time::timeout_at(deadline.into(), resolve_tcp(&step.grants.tcp)).await {
         Ok(addrs) => addrs,
         Err(_) => {
@@ -91,6 +108,8 @@ pub(crate) async fn run(
     };
     let mut store = Store::new(&plugin.engine, state);
     store.limiter(|s| &mut s.limiter);
+    // Fuel is always consumed (the engine is built so, and artifacts must
+    // match it); "unlimited" is the largest budget rather than none.
     let fuel = match step.limits.fuel {
         Fuel::Limited(n) => n,
         Fuel::Unlimited => u64::MAX,
@@ -139,6 +158,9 @@ pub(crate) async fn run(
             }
         }
     };
+    // Two stops for one deadline: the epoch callback (or fuel yields) for
+    // a guest that computes, this timeout for one blocked in a host call
+    // (an HTTP request, a sleep), whose future is then dropped.
     let ended = match tokio::time::timeout_at(deadline.into(), call).await {
         Ok(returned) => Ended::Returned(returned),
         Err(_) => Ended::TimedOut,
@@ -214,6 +236,8 @@ pub(crate) fn classify(ended: Ended, evidence: &Evidence) -> AttemptResult {
             true,
         )
     };
+    // Over the memory limit first: a refused growth makes the guest trap or
+    // fail in its own words, which would hide the real cause.
     if let Some(asked) = evidence.memory_exceeded {
         return AttemptResult::new(
             Outcome::OutOfMemory,
@@ -244,6 +268,8 @@ pub(crate) fn classify(ended: Ended, evidence: &Evidence) -> AttemptResult {
         Ok(Returned::Command(Err(()))) => return command_failed(1),
         Err(e) => e,
     };
+    // `exit(n)` from a command (or a hook that called it) arrives as an
+    // error carrying the code; zero is a success like any other.
     if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
         return match exit.0 {
             0 => AttemptResult::new(Outcome::Ok, "exited with code 0".into(), false),
@@ -278,6 +304,7 @@ pub(crate) fn classify(ended: Ended, evidence: &Evidence) -> AttemptResult {
     }
 }
 
+/// Bytes as MiB with one decimal, as the memory messages say them.
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }

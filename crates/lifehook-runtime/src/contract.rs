@@ -24,6 +24,11 @@ pub const WASI_PATCH: u64 = 12;
 pub const CONFIG_VERSION: &str = "0.2.0-rc.1";
 
 /// Each package the host links, with the interfaces of it it provides.
+/// `inspect` judges a component's imports against this before it is ever
+/// run, so the list must be what the linker really has: a test checks the
+/// `lifehook:hook` part against the WIT file, the WASI part follows
+/// wasmtime-wasi's `add_to_linker` (an interface missing here would only
+/// make `inspect` too strict, never let a plugin through that cannot link).
 pub const PROVIDED: &[(&str, &[&str])] = &[
     (
         "wasi:cli",
@@ -66,6 +71,8 @@ pub const PROVIDED: &[(&str, &[&str])] = &[
 pub fn unsupported(import: &str) -> Option<String> {
     let (name, version) = import.split_once('@').unwrap_or((import, ""));
     let (package, interface) = name.split_once('/').unwrap_or((name, ""));
+    // A package or interface the host lacks is the clearer message; the
+    // version is only worth naming for something the host does have.
     let provided = PROVIDED
         .iter()
         .find(|(p, _)| *p == package)
@@ -98,7 +105,9 @@ fn versions(package: &str) -> String {
     }
 }
 
-/// Everything the host links, in one line for an error message.
+/// Everything the host links, in one line for an error message (the load
+/// error of a component whose imports do not link, where wasmtime's own
+/// message names only the first missing item).
 pub fn offered() -> String {
     let wasi: Vec<&str> = PROVIDED
         .iter()

@@ -250,6 +250,8 @@ fn descriptor_budget() -> usize {
                 limit = getrlimit(Resource::Nofile);
             }
         }
+        // "Unlimited" is taken as a million: a budget divided among steps
+        // must be a number.
         let soft = limit.current.unwrap_or(1 << 20).min(1 << 20);
         usize::try_from(soft.saturating_sub(RESERVED_DESCRIPTORS).max(8)).unwrap_or(usize::MAX)
     })
@@ -265,6 +267,9 @@ struct Budget {
     ends: Instant,
 }
 
+/// The report of a step that never started, with a reason a reader can act
+/// on: which step aborted, which need failed, or how the deadline and the
+/// always-step reserve left no time (and what to change).
 fn skipped(step: &Step, reason: &SkipReason, budget: &Budget) -> StepReport {
     let why = match reason {
         SkipReason::NotSelected(why) => why.clone(),

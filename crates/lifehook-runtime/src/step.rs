@@ -43,7 +43,9 @@ impl Allotment {
     }
 }
 
-/// A report for a step that did not run (yet).
+/// A report for a step that did not run (yet). Every report starts as this
+/// and is filled in as the step goes, so a step cut short at any point
+/// still reports what it got to.
 pub(crate) fn not_run(step: &Step, outcome: Outcome, message: String) -> StepReport {
     StepReport {
         name: step.name.clone(),
@@ -67,7 +69,8 @@ pub(crate) fn not_run(step: &Step, outcome: Outcome, message: String) -> StepRep
     }
 }
 
-/// Runs `step` to its end within `limit`.
+/// Runs `step` to its end within `limit`. It never fails: whatever
+/// happens becomes the report's outcome and message.
 pub(crate) async fn run(
     loader: &Loader,
     phase: PhaseName,
@@ -81,6 +84,8 @@ pub(crate) async fn run(
 }
 
 /// The built-in wait: its own length, cut by the deadline.
+/// A sleep cut by the deadline is `timed-out`, not `ok`: a pipeline that
+/// waits for a drain must learn that the wait did not happen in full.
 async fn sleep(step: &Step, limit: Allotment) -> StepReport {
     let started = Instant::now();
     let wanted = step.limits.timeout;
@@ -163,6 +168,10 @@ fn next(
     }
 }
 
+/// A plugin step: waits for its plugin (loading counts against the first
+/// attempt, so a step never waits for a compile longer than its timeout),
+/// then runs attempts until one passes, the retry rules stop, or the
+/// step's share of the deadline is spent.
 async fn run_plugin(
     loader: &Loader,
     phase: PhaseName,
@@ -171,6 +180,8 @@ async fn run_plugin(
     limit: Allotment,
 ) -> StepReport {
     let started = Instant::now();
+    // Shared by every attempt: quotas count over all of them, and the
+    // report lists every denial.
     let record = StepRecord {
         denials: Denials::default(),
         caps: StepQuotas::new(
@@ -220,11 +231,14 @@ async fn run_plugin(
         started.elapsed()
     );
 
-    // None once any attempt's fuel is unknown (see `attempt::run`).
+    // None once any attempt's fuel is unknown (see `attempt::run`): a sum
+    // with an unknown part would understate what the step burned.
     let mut fuel_total: Option<u64> = Some(0);
     let attempts = step.retry.attempts;
     let mut attempt = 1;
     loop {
+        // Each attempt has the full timeout, bounded by the phase's deadline
+        // for this step; the first also by the load, which came out of it.
         let attempt_start = Instant::now();
         let deadline = (attempt_start + step.limits.timeout).min(limit.until);
         let deadline = if attempt == 1 {
@@ -252,6 +266,8 @@ async fn run_plugin(
             .map(|(a, b)| a.saturating_add(b));
         report.outcome = result.outcome;
         report.message = result.message;
+        // A timeout at the phase's deadline is the phase's doing, not the
+        // step's: the message says so, and no retry is tried.
         report.cut_by_deadline = result.outcome == Outcome::TimedOut && deadline == limit.until;
         if report.cut_by_deadline {
             report.message = limit.cut_message(started.elapsed());
@@ -288,6 +304,8 @@ async fn run_plugin(
         tokio::time::sleep(wait).await;
         attempt += 1;
     }
+    // What the sandbox recorded over all attempts goes into the report,
+    // whichever attempt it happened in.
     report.fuel_consumed = fuel_total;
     report.denials = record.denials.snapshot();
     report.caps_reached = record.caps.all();

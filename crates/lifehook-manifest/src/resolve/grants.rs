@@ -10,8 +10,14 @@ use crate::pipeline::Grants;
 use crate::schema::RawStep;
 
 impl Resolver<'_> {
+    /// The step's `allow` table, every entry parsed. A bad entry is a
+    /// problem located at that entry and leaves it out; the others are still
+    /// checked, so one `lifehook check` lists every bad grant of the file.
     pub(super) fn grants(&mut self, raw: &RawStep) -> Grants {
         let mut grants = Grants::default();
+        // Origins (scheme, host, port), not URLs: the HTTP gate compares a
+        // request's origin, and a path in a grant would suggest a narrower
+        // grant than the gate enforces.
         for entry in &raw.allow.http {
             if let Some(text) = self.text(entry) {
                 match HttpGrant::parse(&text) {
@@ -20,6 +26,7 @@ impl Resolver<'_> {
                 }
             }
         }
+        // `host:port`; a name is resolved by the runtime at each attempt.
         for entry in &raw.allow.tcp {
             if let Some(text) = self.text(entry) {
                 match TcpGrant::parse(&text) {
@@ -28,6 +35,9 @@ impl Resolver<'_> {
                 }
             }
         }
+        // Directories: the host side is relative to the pipeline file (so a
+        // pipeline and its data can move together), the guest side is where
+        // the plugin sees it, by default the same absolute path.
         for entry in &raw.allow.dirs {
             let dir = entry.get_ref();
             let host = match interpolate(&dir.host, self.env) {
@@ -64,6 +74,8 @@ impl Resolver<'_> {
                 access: dir.access,
             });
         }
+        // Variable names only: their values are read from the runner's
+        // environment at each attempt, never written into the pipeline.
         for entry in &raw.allow.env {
             if is_env_name(entry.get_ref()) {
                 grants.env.push(entry.get_ref().clone());
@@ -96,6 +108,8 @@ impl Resolver<'_> {
                     Some("names are letters, digits and `_`, not starting with a digit".into()),
                 );
             }
+            // Kept even under a bad name, so the problem above is the only
+            // one reported for this entry.
             if let Some(v) = self.text(value) {
                 env.push((key.get_ref().clone(), v));
             }

@@ -31,10 +31,14 @@ impl Resolver<'_> {
         steps: &[Step],
         spans: &[StepSpans],
     ) -> Vec<Edges> {
+        // Problems are gathered and recorded at the end: the closure borrows
+        // them, not `self`, while the loop below reads `spans`.
         let mut problems = Vec::new();
         let mut problem = |at: std::ops::Range<usize>, message: String, help: String| {
             problems.push((at, message, help));
         };
+        // Names to indices, the first step of a name winning (a duplicate
+        // name is reported by the step checks, not here).
         let mut index: HashMap<&str, usize> = HashMap::new();
         for (i, s) in steps.iter().enumerate() {
             index.entry(s.name.as_str()).or_insert(i);
@@ -43,6 +47,9 @@ impl Resolver<'_> {
         let mut edges: Vec<Vec<(usize, Edge)>> = vec![Vec::new(); n];
         // Where each `needs` entry is written, to point at the one closing a cycle.
         let mut needs_at: HashMap<(usize, usize), std::ops::Range<usize>> = HashMap::new();
+        // File order in groups: a run of neighbouring `concurrent` steps is
+        // one group, any other step a group of its own; a step without
+        // `needs` waits for every member of the group before its own.
         let mut previous_group: Vec<usize> = Vec::new();
         let mut group: Vec<usize> = Vec::new();
         let mut group_is_concurrent = false;
@@ -59,6 +66,8 @@ impl Resolver<'_> {
                 "with `needs`, a step starts as soon as what it needs has succeeded, alongside anything else that is ready; remove `concurrent`".into(),
             );
             }
+            // A step with `needs` leaves file order entirely: it neither
+            // joins a concurrent group nor lets one continue past it.
             let concurrent = step.concurrent && explicit.is_none();
             if concurrent && group_is_concurrent {
                 group.push(i);
@@ -79,6 +88,7 @@ impl Resolver<'_> {
                         "list the steps that must succeed before this one".into(),
                     ),
                     Some(&j) => {
+                        // Listing a step twice is harmless: one edge.
                         if !edges[i].iter().any(|(k, _)| *k == j) {
                             edges[i].push((j, Edge::Needs));
                             needs_at.insert((i, j), entry.span());
@@ -103,6 +113,8 @@ impl Resolver<'_> {
                 }
             }
         }
+        // One cycle is enough to report: breaking it is the fix, and a
+        // second would show up on the next check.
         if let Some(cycle) = find_cycle(&edges) {
             let names = |i: usize| format!("`{}`", steps[i].name);
             let mut why = Vec::new();
@@ -137,6 +149,8 @@ impl Resolver<'_> {
         for (at, message, help) in problems {
             self.problem_at(at, message, help);
         }
+        // Kept even when there were problems: the resolver reports them all
+        // and the pipeline is refused as a whole.
         edges
             .into_iter()
             .map(|list| {
@@ -167,6 +181,8 @@ fn find_cycle(edges: &[Vec<(usize, Edge)>]) -> Option<Vec<usize>> {
             dependants[j].push(i);
         }
     }
+    // Remove steps that wait for nothing, then those that waited only for
+    // removed ones: what cannot be removed is in, or waits for, a cycle.
     let mut ready: Vec<usize> = (0..n).filter(|&i| waiting[i] == 0).collect();
     let mut done = vec![false; n];
     while let Some(j) = ready.pop() {

@@ -40,7 +40,11 @@ pub(crate) struct LimitKeys<'a> {
     max_http: Option<&'a Spanned<i64>>,
 }
 
+// The two views are the same lines because the two raw types repeat the
+// limit fields: serde's `flatten` would share them, but it disables
+// `deny_unknown_fields` and loses the spans the diagnostics point at.
 impl RawDefaults {
+    /// `[defaults]`' limit keys.
     pub(crate) fn limit_keys(&self) -> LimitKeys<'_> {
         LimitKeys {
             timeout: self.timeout.as_ref(),
@@ -55,6 +59,7 @@ impl RawDefaults {
 }
 
 impl RawStep {
+    /// A step's limit keys.
     pub(crate) fn limit_keys(&self) -> LimitKeys<'_> {
         LimitKeys {
             timeout: self.timeout.as_ref(),
@@ -69,6 +74,8 @@ impl RawStep {
 }
 
 impl Resolver<'_> {
+    /// `[defaults]`, resolved once, before any step: a problem in it is
+    /// reported once, at its own line, rather than once per step.
     pub(super) fn defaults(&mut self, raw: &RawDefaults) -> Defaults {
         let max_concurrency =
             raw.max_concurrency
@@ -101,7 +108,9 @@ impl Resolver<'_> {
         }
     }
 
-    /// The limits `keys` set, the others taken from `inherited`.
+    /// The limits `keys` set, the others taken from `inherited`. Durations
+    /// and sizes were range-checked when parsed (`units`); what is left is
+    /// the counts, whose sensible range depends on the key.
     pub(super) fn limits(&mut self, keys: &LimitKeys<'_>, inherited: &Limits) -> Limits {
         Limits {
             timeout: keys.timeout.map_or(inherited.timeout, |t| t.get_ref().0),
@@ -119,6 +128,8 @@ impl Resolver<'_> {
     }
 
     /// A count limit within `min..=max`; a problem (and `min`) otherwise.
+    /// Negative and huge values arrive here as written (TOML integers are
+    /// i64), so the range check is also the conversion.
     fn count(&mut self, n: &Spanned<i64>, key: &str, min: u32, max: u32) -> u32 {
         match u32::try_from(*n.get_ref()) {
             Ok(v) if (min..=max).contains(&v) => v,
@@ -135,6 +146,8 @@ impl Resolver<'_> {
         }
     }
 
+    /// A memory limit: below one page no plugin can even instantiate, so
+    /// it is refused here rather than failing every attempt.
     fn memory(&mut self, m: &Spanned<SizeValue>) -> u64 {
         if m.get_ref().0 < MIN_MEMORY {
             self.problem(
@@ -165,6 +178,8 @@ impl Resolver<'_> {
                 ),
             }
         }
+        // Below 1 the wait would shrink toward zero and retry in a tight
+        // loop; above 100 the second retry already waits past any deadline.
         if let Some(m) = &r.multiplier {
             let v = *m.get_ref();
             if v.is_finite() && (1.0..=100.0).contains(&v) {

@@ -51,6 +51,8 @@ struct Resolver<'a> {
     /// for a pipeline carried by a Kubernetes manifest: its plugins are in
     /// the container image, not here.
     plugin_files_here: bool,
+    /// The variables `${VAR}` reads: the process environment in `run`, a
+    /// fixed map in tests and for a pipeline checked against a pod.
     env: &'a dyn Fn(&str) -> Option<String>,
     /// Errors: any of them makes the file invalid.
     problems: Vec<Diagnostic>,
@@ -58,7 +60,9 @@ struct Resolver<'a> {
     findings: Vec<Diagnostic>,
 }
 
-/// Resolves the phases in `only` (or all) of a parsed file.
+/// Resolves the phases in `only` (or all) of a parsed file. `only` lets a
+/// hook resolve just its own phase: a `${VAR}` that only the other phase
+/// uses, unset in this container, is then no error.
 pub(crate) fn resolve(
     raw: RawPipeline,
     path: &Path,
@@ -71,6 +75,8 @@ pub(crate) fn resolve(
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    // Absolute once, here: the runtime may change directory (exec) and
+    // every path it is given must still mean the same file.
     let base_dir = std::path::absolute(&base_dir).unwrap_or(base_dir);
     let mut r = Resolver {
         path,
@@ -82,6 +88,7 @@ pub(crate) fn resolve(
         problems: Vec::new(),
         findings: Vec::new(),
     };
+    // [defaults] first: every step inherits from it.
     let defaults = r.defaults(&raw.defaults);
     let state_dir = raw
         .state
@@ -140,6 +147,7 @@ impl Resolver<'_> {
         d
     }
 
+    /// Records an error at `at`: the file is refused, resolving goes on.
     fn problem<T>(&mut self, at: &Spanned<T>, message: impl Into<String>, help: Option<String>) {
         let d = self.diagnostic(at, message, help);
         self.problems.push(d);
@@ -166,6 +174,10 @@ impl Resolver<'_> {
         }
     }
 
+    /// One phase: its deadline (written, or derived from the grace
+    /// period), its steps, its graph and, for a valid file, the budget
+    /// findings (a worst case past the deadline, a reserve that leaves no
+    /// time).
     fn phase(&mut self, name: PhaseName, raw: Spanned<RawPhase>, defaults: &Defaults) -> Phase {
         let phase_span = raw.span();
         let raw = raw.into_inner();
@@ -192,13 +204,17 @@ impl Resolver<'_> {
                 PhaseName::PostStart => DEFAULT_POST_START_DEADLINE,
             },
         };
-        // Step names and where each was first written.
+        // Step names and where each was first written: a duplicate's error
+        // points at the second and names the first's line, since either may
+        // be the one to rename.
         let mut seen: BTreeMap<String, Range<usize>> = BTreeMap::new();
         let mut steps = Vec::with_capacity(raw.steps.len());
         let mut spans = Vec::with_capacity(raw.steps.len());
         for raw_step in raw.steps {
             let step_span = raw_step.span();
             let raw_step = raw_step.into_inner();
+            // Without a name a step cannot be in the graph (nothing could
+            // need it), so it is left out after its error.
             let Some(step_name) = raw_step.name.clone() else {
                 self.problem_at(
                     step_span,
@@ -230,6 +246,8 @@ impl Resolver<'_> {
             });
             steps.push(step);
         }
+        // Graph errors are counted apart: the budget below walks the
+        // graph, and must not on a broken one.
         let problems_before = self.problems.len();
         let edges = self.graph(name, &steps, &spans);
         let graph_ok = self.problems.len() == problems_before;
@@ -256,6 +274,8 @@ impl Resolver<'_> {
         phase
     }
 
+    /// One step, over `defaults`. Every key is checked even after an error
+    /// in another, so the step's problems are all reported at once.
     fn step(
         &mut self,
         raw: &RawStep,
@@ -316,6 +336,7 @@ impl Resolver<'_> {
                 None => defaults.retry,
             },
         };
+        // What the step may reach and what it is told: each in its module.
         let grants = self.grants(raw);
         let args = raw.args.iter().filter_map(|a| self.text(a)).collect();
         let env = self.env_values(raw);
@@ -323,6 +344,8 @@ impl Resolver<'_> {
         for (key, value) in &raw.config {
             self.flatten_config(key.clone(), value.span(), value.get_ref(), &mut config);
         }
+        // Tags are deduplicated (selection only asks whether a step has
+        // one) and keep their first order for the plan and the report.
         let mut tags: Vec<String> = Vec::new();
         for tag in &raw.tags {
             if !is_step_name(tag.get_ref()) {
@@ -395,7 +418,9 @@ impl Resolver<'_> {
 }
 
 /// Removes `.` components and resolves `..` lexically, so the plugin sees a
-/// clean path.
+/// clean path. Lexically on purpose: the directory may not exist where the
+/// file is checked, and a symlink's target is the sandbox's business (the
+/// preopen follows it) rather than the path's.
 pub(crate) fn normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for c in path.components() {

@@ -19,6 +19,8 @@ impl Resolver<'_> {
             let Some(host) = self.text(entry) else {
                 continue;
             };
+            // A scheme or a path here would never equal a reference's
+            // registry, so plain HTTP would silently not apply: refuse it.
             if host.contains("://") || host.contains('/') || host.is_empty() {
                 self.problem(
                     entry,
@@ -33,8 +35,12 @@ impl Resolver<'_> {
     }
 
     /// The plugin reference: a file (which must exist) or an OCI
-    /// reference, with its `sha256` pin and pull policy.
+    /// reference, with its `sha256` pin and pull policy. `pull` on a file
+    /// is an error rather than ignored: it says the author expected a pull
+    /// that will never happen.
     pub(super) fn plugin(&mut self, raw: &Spanned<String>, step: &RawStep) -> PluginRef {
+        // The pin is checked for its form only here; the bytes are checked
+        // against it by the runtime, before they are compiled or run.
         let sha256 = step.sha256.as_ref().and_then(|pin| {
             let hex = self.text(pin)?;
             match crate::source::check_sha256(&hex) {
@@ -50,6 +56,10 @@ impl Resolver<'_> {
             }
         });
         let text = self.text(raw).unwrap_or_default();
+        // The scheme decides: anything else is a file, so a typo in a
+        // scheme (`oc://`) ends as "plugin file ... cannot be read", which
+        // names the path. A bad reference still yields a placeholder source
+        // so that the rest of the step is checked too.
         let source = if text.starts_with("oci://") {
             match OciReference::parse(&text) {
                 Ok(r) => PluginSource::Oci(r),

@@ -27,7 +27,10 @@ pub type LoadResult = Result<Arc<Plugin>, Arc<LoadError>>;
 
 type Slot = watch::Receiver<Option<LoadResult>>;
 
-/// Plugin slots by plugin (its file, or its OCI reference).
+/// Plugin slots by plugin (its file, or its OCI reference). A slot is a
+/// `watch` channel: every step using the plugin waits on a clone of the
+/// receiver, and the one load fills it once; a failure is kept like a
+/// success, so a broken plugin costs one load, not one per step.
 pub(crate) struct Loader {
     rt: Host,
     cache: Option<ArtifactCache>,
@@ -61,6 +64,8 @@ impl Loader {
         &self.rt
     }
 
+    /// The slots, locked briefly (never across an await). A poisoned lock
+    /// is taken anyway: the map holds only channels, never half-updated.
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
         self.slots.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -78,6 +83,8 @@ impl Loader {
             }
             missing
         };
+        // Only the first plugin, a file, unpinned (a pin means reading and
+        // hashing it first) and with a cache, may be loaded inline.
         for (i, plugin) in missing.iter().enumerate() {
             let inline = match (i, plugin.file(), &plugin.sha256, &self.cache) {
                 (0, Some(path), None, Some(cache)) => cache.try_precompiled(&self.rt, path),
@@ -158,7 +165,9 @@ impl Loader {
         results
     }
 
-    /// Resolves and loads `plugin` on this thread.
+    /// Resolves and loads `plugin` on this thread, with a runtime of its
+    /// own for the pull: `load_all` runs outside any tokio runtime, and one
+    /// thread a plugin keeps slow pulls from queueing behind each other.
     fn load_blocking(&self, plugin: &PluginRef) -> LoadResult {
         let local = tokio::runtime::Builder::new_current_thread()
             .enable_all()

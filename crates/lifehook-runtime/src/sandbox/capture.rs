@@ -40,11 +40,18 @@ impl Stream {
 #[derive(Clone)]
 pub(crate) struct OutputCapture(Arc<Mutex<Captured>>);
 
+/// The shared state behind [`OutputCapture`]: one mutex for both streams
+/// and the log import, so lines of the three keep the order they were
+/// written in.
 struct Captured {
+    /// Bytes of `output-limit` not yet used (over all attempts).
     remaining: u64,
     limit: u64,
+    /// Bytes over the limit, reported so a reader knows output is missing.
     dropped: u64,
+    /// The unterminated end of stdout and of stderr (by [`Stream`] index).
     partial: [Vec<u8>; 2],
+    /// For the report: a failed plugin usually says why on its last line.
     last_stderr: String,
 }
 
@@ -72,7 +79,10 @@ impl OutputCapture {
         }
     }
 
-    /// A line from the `lifehook:hook/log` import.
+    /// A line from the `lifehook:hook/log` import, at the plugin's level:
+    /// `-v` and `RUST_LOG` filter plugin lines like lifehook's own. It
+    /// counts against the same budget as stdout and stderr, or a plugin
+    /// could flood through the log import instead.
     pub(crate) fn emit_log(&self, level: Level, message: &str) {
         let mut c = self.lock();
         for line in message.lines() {
@@ -88,7 +98,8 @@ impl OutputCapture {
         }
     }
 
-    /// Emits what is left of unterminated lines; call when an attempt ends.
+    /// Emits what is left of unterminated lines; call when an attempt ends
+    /// (a plugin trapped mid-line still shows that half line).
     pub(crate) fn flush(&self) {
         let mut c = self.lock();
         for stream in [Stream::Stdout, Stream::Stderr] {
@@ -110,6 +121,9 @@ impl OutputCapture {
         (!c.last_stderr.is_empty()).then(|| c.last_stderr.clone())
     }
 
+    /// Splits `bytes` into lines, joining them to the stream's unterminated
+    /// rest; a line reaching [`MAX_LINE`] without a newline is emitted as it
+    /// is, so one endless line costs the host at most that much memory.
     fn write(&self, stream: Stream, mut bytes: &[u8]) {
         let mut c = self.lock();
         while !bytes.is_empty() {
@@ -154,6 +168,8 @@ impl Captured {
         false
     }
 
+    /// One whole line to the log (lossy UTF-8: a plugin's bytes are not
+    /// trusted to be text), remembering stderr's last for the report.
     fn emit(&mut self, stream: Stream, line: &[u8]) {
         let text = String::from_utf8_lossy(line);
         let text = text.trim_end_matches('\r');
@@ -175,6 +191,8 @@ pub(crate) struct CaptureStream {
     stream: Stream,
 }
 
+// Never a terminal: plugins must not emit colour codes or prompts into
+// logs that end up in a collector.
 impl IsTerminal for CaptureStream {
     fn is_terminal(&self) -> bool {
         false
@@ -221,6 +239,8 @@ impl OutputStream for CaptureWriter {
         Ok(())
     }
 
+    // Any size is accepted (the capture copies or drops at once), so the
+    // guest never waits on its output.
     fn check_write(&mut self) -> Result<usize, StreamError> {
         Ok(64 * 1024)
     }

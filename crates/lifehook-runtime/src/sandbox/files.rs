@@ -50,6 +50,8 @@ pub(crate) trait FilesView: Send + 'static {
     fn files_caps(&self) -> &StepQuotas;
 }
 
+/// The interface's error record: a kind the plugin can branch on, and a
+/// message that names the file (the plugin usually just passes it on).
 fn error(kind: ErrorKind, message: impl Into<String>) -> Error {
     Error {
         kind,
@@ -65,6 +67,8 @@ pub(crate) fn add_to_linker<T: FilesView>(linker: &mut Linker<T>) -> anyhow::Res
         |mut store,
          (source, offset, length, destination, at): (String, u64, u64, String, u64)| {
             Box::new(async move {
+                // Fuel and `max-write` first: a copy too big for the budget
+                // fails before it has written anything.
                 charge_fuel(&mut store, length)?;
                 let state = store.data();
                 let from = match resolve(state, &source, false) {
@@ -134,7 +138,9 @@ pub(crate) fn add_to_linker<T: FilesView>(linker: &mut Linker<T>) -> anyhow::Res
     Ok(())
 }
 
-/// Takes `bytes` units of fuel, or traps as out of fuel.
+/// Takes `bytes` units of fuel, or traps as out of fuel. A trap (not an
+/// error the plugin could ignore and call again) so that `fuel` bounds the
+/// bulk work exactly as it bounds the plugin's own.
 fn charge_fuel<T>(
     store: &mut wasmtime::StoreContextMut<'_, T>,
     bytes: u64,
@@ -179,7 +185,10 @@ struct Resolved {
     relative: PathBuf,
 }
 
-/// Resolves the guest path `path` (for writing when `write`).
+/// Resolves the guest path `path` (for writing when `write`). The longest
+/// matching grant wins, as with nested preopens: `/data/out` granted
+/// read-write inside `/data` granted read-only makes `/data/out/x`
+/// writable.
 fn resolve<T: FilesView>(state: &T, path: &str, write: bool) -> Result<Resolved, Error> {
     let guest = normalise(path);
     let grant = state
@@ -240,7 +249,9 @@ fn resolve<T: FilesView>(state: &T, path: &str, write: bool) -> Result<Resolved,
     })
 }
 
-/// `path` made absolute (relative to `/`) with `.` and `..` applied.
+/// `path` made absolute (relative to `/`) with `.` and `..` applied, as the
+/// guest's own libc would before a preopen lookup; `..` above `/` stays at
+/// `/`, so it can never climb out of the grant's guest prefix.
 fn normalise(path: &str) -> PathBuf {
     let mut out = PathBuf::from("/");
     for c in Path::new(path).components() {
@@ -264,6 +275,8 @@ fn open(r: &Resolved, write: bool, name: &str) -> Result<std::fs::File, Error> {
     cap_primitives::fs::open(&dir, &r.relative, &options).map_err(fail)
 }
 
+/// An I/O error as the interface's error, naming the guest's path (never
+/// the host's: the plugin should not learn where its grants live).
 fn io_error(e: &io::Error, name: &str) -> Error {
     let kind = match e.kind() {
         io::ErrorKind::NotFound => ErrorKind::NotFound,
@@ -281,6 +294,9 @@ const fn libc_eperm() -> i32 {
     1
 }
 
+/// Copies `length` bytes of `from` at `offset` into `to` at `at` and
+/// returns their SHA-256: positioned reads and writes, so a plugin can fill
+/// one file (a tar archive) from many sources without seeking.
 fn copy(
     from: &Resolved,
     offset: u64,
@@ -299,6 +315,7 @@ fn copy(
     })
 }
 
+/// The SHA-256 of `length` bytes of `from` at `offset`.
 fn digest(
     from: &Resolved,
     offset: u64,

@@ -110,6 +110,9 @@ impl FsGate {
         }
     }
 
+    /// Remembers which preopen the descriptor `rep` is, as the guest got
+    /// it from `get-directories`: later `open-at` calls name their base by
+    /// rep only.
     fn register(&mut self, rep: u32, guest: &str) {
         let grant = self.grants.get(guest);
         self.preopens.insert(
@@ -135,6 +138,7 @@ impl FsGate {
             return code;
         }
         match base {
+            // The empty `/`: whatever the path, it is outside every grant.
             Some(Preopen { access: None, .. }) => {
                 let full = format!("/{}", path.trim_start_matches('/'));
                 let dir = match full.rsplit_once('/') {
@@ -163,6 +167,9 @@ impl FsGate {
                 );
                 ErrorCode::ReadOnly
             }
+            // A descriptor opened from a preopen (a subdirectory): its grant
+            // is not known here, but a refused write below a grant is only
+            // ever a read-only grant.
             None if write && matches!(code, ErrorCode::NotPermitted | ErrorCode::ReadOnly) => {
                 self.denials.record(
                     format!("writing `{path}` (its directory is granted read-only)"),

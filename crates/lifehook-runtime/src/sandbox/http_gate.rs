@@ -17,6 +17,8 @@ use crate::sandbox::quotas::StepQuotas;
 /// timeouts beyond the attempt's deadline.
 pub(crate) struct HttpGate {
     pub(crate) grants: Arc<[HttpGrant]>,
+    /// The attempt's deadline: every timeout of a request is capped by it,
+    /// so a hanging server costs the step its own time and no more.
     pub(crate) deadline: Instant,
     pub(crate) denials: Denials,
     pub(crate) caps: StepQuotas,
@@ -46,7 +48,12 @@ impl WasiHttpHooks for HttpGate {
         options: Option<RequestOptions>,
         fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
+        // wasi-http's own sending future is replaced by ours below, which
+        // sends with capped timeouts and counts the request in flight.
         drop(fut);
+        // The origin is judged as the URI says it (scheme, host, port; the
+        // default port when none is written), so `http://a` and `http://a:80`
+        // are one origin, and a host header cannot change where it goes.
         let uri = request.uri();
         let scheme = uri.scheme_str().and_then(Scheme::parse);
         let host = uri.host().unwrap_or_default();
@@ -54,6 +61,8 @@ impl WasiHttpHooks for HttpGate {
             let port = uri.port_u16().unwrap_or(scheme.default_port());
             self.grants.iter().any(|g| g.allows(scheme, host, port))
         });
+        // A denial names the origin to grant, ready to paste: that is what
+        // the author needs, not wasi-http's error code.
         if !allowed {
             let origin = match uri.authority() {
                 Some(a) => format!("{}://{a}", uri.scheme_str().unwrap_or("http")),
@@ -65,6 +74,8 @@ impl WasiHttpHooks for HttpGate {
             );
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
+        // `max-http` bounds requests in flight, not in all: a poll loop may
+        // send many, one after another, but not open them all at once.
         let max = self.caps.max_http;
         let counted = self
             .in_flight

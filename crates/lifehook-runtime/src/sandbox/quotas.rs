@@ -102,12 +102,16 @@ impl StepQuotas {
 pub(crate) struct FileStreams(Vec<u32>);
 
 impl FileStreams {
+    /// Remembers the stream `rep` the fs gate just handed out.
     pub(crate) fn add(&mut self, rep: u32) {
         self.0.push(rep);
     }
 }
 
 /// Files, directories, file streams and sockets the attempt holds now.
+/// Counted by walking the table rather than kept as a counter: handles are
+/// closed by the guest dropping them, which no hook of ours sees, and a
+/// count that missed a drop would refuse a well-behaved plugin.
 pub(crate) fn open_handles(table: &mut ResourceTable, streams: &mut FileStreams) -> usize {
     let mut handles = 0;
     for entry in table.iter_mut() {
@@ -178,6 +182,9 @@ impl OutputStream for CappedOutput {
         self.inner.flush()
     }
 
+    // The permit is capped by what is left, so a well-behaved guest writes
+    // exactly up to the cap; at zero left the next write is refused here,
+    // counted once (so the report records the cap reached).
     fn check_write(&mut self) -> Result<usize, StreamError> {
         let permit = self.inner.check_write()?;
         match self.caps.write_left() {
@@ -212,6 +219,9 @@ pub(crate) fn add_sockets_to_linker<T: QuotaView>(linker: &mut Linker<T>) -> any
     use wasmtime_wasi::p2::bindings::sockets::network::{self, IpAddressFamily};
     use wasmtime_wasi::p2::bindings::sockets::{tcp_create_socket, udp_create_socket};
     use wasmtime_wasi::sockets::WasiSocketsView as _;
+    // Shadowing replaces wasmtime-wasi's own definitions, linked just
+    // before; it is switched off again so nothing else is replaced by
+    // accident.
     linker.allow_shadowing(true);
     linker
         .instance(&format!("wasi:sockets/tcp-create-socket@{SOCKETS_VERSION}"))?
@@ -260,6 +270,8 @@ fn socket_refused<T: QuotaView>(
     state: &mut T,
 ) -> Option<wasmtime_wasi::p2::bindings::sockets::network::ErrorCode> {
     let max = state.caps().max_open;
+    // Taken out and put back: counting needs the table and the streams
+    // mutably at once, both behind `state`.
     let mut streams = std::mem::take(state.file_streams());
     let open = open_handles(state.ctx().table, &mut streams);
     *state.file_streams() = streams;

@@ -24,25 +24,40 @@ use crate::sandbox::memory::MemoryLimiter;
 use crate::sandbox::quotas::{FileStreams, QuotaView, StepQuotas};
 
 /// What a step's attempts share and its report reads: what was denied,
-/// the caps reached, the output.
+/// the caps reached, the output. It outlives every attempt's store (each
+/// attempt gets a fresh store, so that a trap leaves nothing behind), which
+/// is why these are shared handles rather than fields of [`StepState`]:
+/// quotas like `max-write` count over all attempts, and the report lists the
+/// denials of the attempt that failed as well as of the one that passed.
 pub(crate) struct StepRecord {
     pub(crate) denials: Denials,
     pub(crate) caps: StepQuotas,
     pub(crate) output: OutputCapture,
 }
 
-/// The store data of one attempt.
+/// The store data of one attempt: every host interface the plugin can call
+/// reaches its state through here (the `*View` traits below), so what an
+/// attempt can touch is exactly what this struct holds.
 pub(crate) struct StepState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
+    /// The resources (streams, sockets, descriptors) the guest holds handles
+    /// to; dropped with the store, which closes them all.
     table: ResourceTable,
+    /// The step's `[config]` table, served as `wasi:config/store`.
     pub(crate) config: WasiConfigVariables,
+    /// Refuses memory growth past the step's `memory` limit.
     pub(crate) limiter: MemoryLimiter,
+    /// The `wasi:http` hooks: origin grants, `max-http`, the deadline.
     gate: HttpGate,
+    /// Logs file access the grants refuse, with the grant that would allow it.
     fs_gate: FsGate,
     caps: StepQuotas,
+    /// Byte counters of the files open for writing (`max-write`).
     file_streams: FileStreams,
     output: OutputCapture,
+    /// The directory grants again, for `lifehook:hook/files`, which resolves
+    /// guest paths itself.
     dir_grants: Arc<[lifehook_manifest::DirGrant]>,
     denials: Denials,
     /// When this attempt must stop; read by the epoch callback.
@@ -64,10 +79,16 @@ impl StepState {
             record.output.clone(),
         );
         let mut b = WasiCtxBuilder::new();
+        // No stdin (a hook has no one to read from), stdout and stderr into
+        // the capture, which tags them with the step and bounds them by
+        // `output-limit`; argv[0] is the step's name, as a command sees it.
         b.stdout(output.stream(Stream::Stdout));
         b.stderr(output.stream(Stream::Stderr));
         b.arg(&step.name);
         b.args(&step.args);
+        // Only granted variables, read now, from this process: a plugin never
+        // sees the rest of the container's environment (secrets live there).
+        // A granted but unset variable is absent, as in a shell.
         for name in &step.grants.env {
             match std::env::var(name) {
                 Ok(value) => {
@@ -76,6 +97,8 @@ impl StepState {
                 Err(_) => tracing::debug!("granted environment variable {name} is not set"),
             }
         }
+        // Literal `env` values of the step, already interpolated by the
+        // manifest (no grant needed: the pipeline wrote them).
         for (k, v) in &step.env {
             b.env(k, v);
         }
@@ -164,7 +187,9 @@ impl StepState {
 }
 
 /// Connections go only to granted addresses; binds only implicitly (the
-/// wildcard address and port 0 that `connect` uses).
+/// wildcard address and port 0 that `connect` uses). A plugin never listens:
+/// a hook that accepted connections could be reached from the pod network
+/// while the application is being stopped.
 fn socket_allowed(allowed: &HashSet<SocketAddr>, addr: SocketAddr, use_: SocketAddrUse) -> bool {
     match use_ {
         SocketAddrUse::TcpConnect => allowed.contains(&addr),
@@ -222,6 +247,9 @@ impl crate::sandbox::files::FilesView for StepState {
     }
 }
 
+/// `lifehook:hook/deadline`: the attempt's time left, read fresh at each
+/// call, so a plugin that loops (a readiness poll) can stop before it is
+/// cut rather than be cut mid-write.
 impl deadline::Host for StepState {
     fn time_left_ms(&mut self) -> u64 {
         self.deadline
@@ -232,6 +260,8 @@ impl deadline::Host for StepState {
     }
 }
 
+/// `lifehook:hook/log`: leveled lines into the same capture as stdout and
+/// stderr, so their order is kept in the report.
 impl log::Host for StepState {
     fn emit(&mut self, level: log::Level, message: String) {
         self.output.emit_log(level, &message);

@@ -27,6 +27,8 @@ pub(super) async fn fetch_manifest(
     token: Option<&str>,
     received: &AtomicU64,
 ) -> Result<(OciImageManifest, String), String> {
+    // Plain HTTP only for a registry the pipeline lists as insecure: a
+    // manifest fetched in the clear could be swapped for another plugin's.
     let registry = image.resolve_registry();
     let scheme = if registries.insecure.iter().any(|i| i == registry) {
         "http"
@@ -38,6 +40,8 @@ pub(super) async fn fetch_manifest(
         image.repository(),
         image.digest().or(image.tag()).unwrap_or("latest")
     );
+    // A client of its own, with the same connect and read timeouts as
+    // oci-client's (the pull's overall timeout and rate watch come on top).
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(Duration::from_secs(30))
@@ -46,6 +50,8 @@ pub(super) async fn fetch_manifest(
     let mut request = http
         .get(&url)
         .header(reqwest::header::ACCEPT, MANIFEST_TYPES);
+    // The bearer token oci-client's sign-in got, else basic credentials
+    // (a registry that uses no tokens), else anonymous.
     request = match (token, auth) {
         (Some(token), _) => request.bearer_auth(token),
         (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
@@ -63,11 +69,15 @@ pub(super) async fn fetch_manifest(
             code => format!("the registry answered {code} for the manifest at {url}"),
         });
     }
+    // The digest the registry says the manifest has: for a tag, what the
+    // bytes must hash to (nothing else pins them).
     let named_digest = response
         .headers()
         .get("docker-content-digest")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    // A declared length over the cap is refused before reading; an
+    // undeclared one is cut off by `Bounded` at the cap.
     if let Some(length) = response.content_length()
         && length > MAX_MANIFEST_BYTES
     {
@@ -88,6 +98,9 @@ pub(super) async fn fetch_manifest(
     {
         body.push(&chunk).map_err(|e| e.to_string())?;
     }
+    // The digest of what arrived, checked against the pin (a digest
+    // reference) or the registry's own claim: a registry or proxy that
+    // alters a manifest is caught here, before any layer is fetched.
     let digest = format!("sha256:{}", crate::load::sources::sha256_hex(&body.bytes));
     let expected = image.digest().map(str::to_owned).or(named_digest);
     if let Some(expected) = expected
@@ -109,6 +122,9 @@ fn parse_manifest(bytes: &[u8]) -> Result<OciImageManifest, String> {
         media_type: Option<String>,
         manifests: Option<serde_json::Value>,
     }
+    // The head first, to name what the reference is when it is not a Wasm
+    // artifact (an index from `docker push` is the usual mistake) rather
+    // than fail with a serde error about a missing field.
     let head: Head = serde_json::from_slice(bytes)
         .map_err(|e| format!("its manifest is not valid JSON: {e}"))?;
     let index_type = head.media_type.as_deref().filter(|t| {

@@ -37,6 +37,9 @@ pub const WASM_MEDIA_TYPE: &str = "application/wasm";
 /// The layer media type older tools push.
 const LEGACY_WASM_MEDIA_TYPE: &str = "application/vnd.wasm.content.layer.v1+wasm";
 
+/// An oci-client client: HTTPS except for the registries the pipeline
+/// lists as insecure, and timeouts so that a registry that accepts the
+/// connection and then says nothing cannot hold a pull forever.
 fn client(registries: &Registries) -> Client {
     // rustls needs a crypto provider; ring is already in the build.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -272,7 +275,10 @@ fn unknown_reference(url: &str) -> String {
     )
 }
 
-/// A registry error in one line, without the chain of wrappers.
+/// A registry error in one line, without the chain of wrappers. The
+/// registry's error codes are mapped to the two answers a user can act on
+/// (log in; check the name), whichever status code carried them, since
+/// registries disagree on 401, 403 and 404 for a private repository.
 fn describe(e: &oci_client::errors::OciDistributionError, registry: &str) -> String {
     use oci_client::errors::OciDistributionError as E;
     match e {
