@@ -14,6 +14,8 @@ use crate::plugins::Kinds;
 /// The plan of one phase: its budget, then each step (plugin, limits,
 /// graph, grants), then the worst-case timeline.
 pub fn describe_phase(phase: &Phase, kinds: &Kinds, selection: &Selection) -> String {
+    // The reserve of the steps this run would run: `--skip` on an always-
+    // step frees its time for the others, as it does in the run itself.
     let reserve = budget::cleanup_reserve(phase, |s| selection.excludes(s).is_none());
     let timeline = budget::timeline(phase);
     let worst = timeline.iter().map(|w| w.end).max().unwrap_or_default();
@@ -36,6 +38,8 @@ pub fn describe_phase(phase: &Phase, kinds: &Kinds, selection: &Selection) -> St
         if let Some(why) = selection.excludes(step) {
             out += &format!("    skipped: {}\n", super::exclusion(&why));
         }
+        // A warning, not an error: the pipeline may be checked on a build
+        // machine where the pod's volumes do not exist.
         for dir in &step.grants.dirs {
             if !dir.host.is_dir() {
                 out += &format!(
@@ -45,6 +49,8 @@ pub fn describe_phase(phase: &Phase, kinds: &Kinds, selection: &Selection) -> St
             }
         }
     }
+    // The timeline a reader compares with the grace period: every step's
+    // worst case laid along the graph, marked where it passes the deadline.
     out += "  worst-case timeline (every attempt to its timeout, every backoff):\n";
     let width = timeline.iter().map(|w| w.step.len()).max().unwrap_or(0);
     for w in &timeline {
@@ -67,6 +73,8 @@ pub fn describe_phase(phase: &Phase, kinds: &Kinds, selection: &Selection) -> St
 fn describe_step(phase: &Phase, i: usize, kinds: &Kinds) -> String {
     let step = &phase.steps[i];
     let edges = &phase.edges[i];
+    // What it runs, and the limits that bound it: the numbers a reader
+    // checks against the deadline above.
     let mut what = match step.plugin() {
         None => format!("(sleep {})", format_duration(step.limits.timeout)),
         Some(plugin) => {
@@ -112,6 +120,8 @@ fn describe_step(phase: &Phase, i: usize, kinds: &Kinds) -> String {
     if !step.tags.is_empty() {
         flags.push(format!("tags {}", step.tags.join(", ")));
     }
+    // Every grant on one line, so a review of the plan sees all a step can
+    // reach; "nothing" when it reaches nothing (the default).
     let mut grants = Vec::new();
     for g in &step.grants.http {
         grants.push(format!("http {g}"));
@@ -162,6 +172,9 @@ pub fn dry_run_json(
         .iter()
         .zip(&phase.edges)
         .map(|(s, edges)| {
+            // The resolved step as serde gives it, plus what only the CLI
+            // knows (the plugin's kind, this run's selection) and the
+            // graph by names rather than the indices it is stored as.
             let mut v = serde_json::to_value(s).unwrap_or_default();
             let kind = s
                 .plugin()

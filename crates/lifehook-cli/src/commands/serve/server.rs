@@ -69,6 +69,10 @@ impl Server {
         }
     }
 
+    /// Answers one request. The checks run cheapest and most general
+    /// first (path, method, token, body), so an unauthenticated caller
+    /// learns nothing about the pipeline and can start nothing: the token
+    /// is checked before the phase is even looked up.
     pub(super) async fn handle(
         &self,
         req: Request<Incoming>,
@@ -138,6 +142,9 @@ impl Server {
                 format!("the pipeline has no [{phase}] section\n"),
             );
         }
+        // `?force=1` runs a completed phase again (an operator's retry);
+        // without it a repeated delivery gets the earlier report, as the
+        // kubelet may deliver a hook more than once.
         let force = req.uri().query().is_some_and(|q| {
             q.split('&')
                 .any(|kv| matches!(kv, "force=1" | "force=true"))
@@ -166,6 +173,8 @@ impl Server {
                 format!("the {phase} run stopped unexpectedly\n"),
             );
         };
+        // 500 for a failed phase: the kubelet records a failed httpGet
+        // hook (an event) only for a non-2xx answer.
         let code = if finished.status == PhaseStatus::Ok {
             StatusCode::OK
         } else {
@@ -193,6 +202,8 @@ impl Server {
             ),
             (false, _) => ("text/plain", finished.text.clone()),
         };
+        // How the trigger was served, for callers and tests: a joined or
+        // repeated answer ran nothing new.
         let mut r = respond(code, kind, body);
         let how = match served {
             Served::New => "new",
@@ -205,7 +216,9 @@ impl Server {
         r
     }
 
-    /// Constant-time comparison of the bearer token, when one is set.
+    /// Constant-time comparison of the bearer token, when one is set: a
+    /// comparison that stopped at the first wrong byte would let a peer
+    /// on the pod network find the token byte by byte from the timings.
     fn authorized(&self, req: &Request<Incoming>) -> bool {
         let Some(token) = &self.token else {
             return true;
@@ -219,6 +232,8 @@ impl Server {
         bool::from(given.ct_eq(token))
     }
 
+    /// The phases' runs, locked briefly (never across an await). Poison
+    /// is ignored: every update of the map is a single assignment.
     fn runs(&self) -> std::sync::MutexGuard<'_, HashMap<PhaseName, PhaseRuns>> {
         self.phases.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -252,7 +267,9 @@ impl Server {
         (finished, served)
     }
 
-    /// Runs `phase` in a task of its own and publishes its result.
+    /// Runs `phase` in a task of its own and publishes its result. Only a
+    /// success is kept as `completed`: a failed phase runs again at the
+    /// next trigger, which is what a retried hook wants.
     fn start(&self, phase: PhaseName, tx: watch::Sender<Option<Arc<Finished>>>) {
         let Some(p) = self.pipeline.phase(phase).cloned() else {
             return;
@@ -282,12 +299,16 @@ impl Server {
 
     /// Begins stopping: see [`Server::draining`].
     pub(super) fn drain(&self) {
+        // Under the runs' lock, so that `trigger` sees either no drain and
+        // starts its run before `wait_for_running` counts them, or the
+        // drain and starts nothing.
         let _runs = self.runs();
         self.draining.store(true, Ordering::Release);
         print_err("lifehook serve: stopping; waiting for running phases\n");
     }
 
-    /// Waits until no phase is running.
+    /// Waits until no phase is running (those running now; none can start
+    /// once draining).
     pub(super) async fn wait_for_running(&self) {
         let running: Vec<_> = self
             .runs()
@@ -300,6 +321,9 @@ impl Server {
     }
 }
 
+/// One run of `phase`, rendered both ways at once: a joined or repeated
+/// trigger may ask for either, and rendering again per caller would cost
+/// each of a hundred concurrent callers the same work.
 async fn run_phase(runner: &Runner, path: &Path, phase: &lifehook_manifest::Phase) -> Finished {
     let options = RunOptions {
         started: Some(Instant::now()),
@@ -313,6 +337,8 @@ async fn run_phase(runner: &Runner, path: &Path, phase: &lifehook_manifest::Phas
     }
 }
 
+/// A response with `body` as `kind` (the connection closes after it:
+/// keep-alive is off, see `serve_connection`).
 pub(super) fn respond(code: StatusCode, kind: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = code;
