@@ -34,8 +34,8 @@ use crate::supervisor::{App, Ended, become_subreaper, signal_name};
 /// exits on its own, pre-stop does not run (as in Kubernetes) unless
 /// --pre-stop-on-exit is given. Under a terminal (`docker run -it`) the
 /// application's group is made the terminal's foreground group, so it can
-/// read it and ^C reaches it directly; when ^C ends it, pre-stop runs once. If post-start fails, the application is
-/// stopped as the kubelet does (pre-stop, SIGTERM, SIGKILL after the grace
+/// read it and ^C reaches it directly; when ^C ends it, pre-stop runs once.
+/// If post-start fails, the application is stopped as the kubelet does (pre-stop, SIGTERM, SIGKILL after the grace
 /// period) and lifehook exits non-zero. lifehook exits with the
 /// application's exit code, or 128+N when a signal N killed it, and prints a
 /// timeline of what happened to stderr; 127 when the command is not found,
@@ -92,6 +92,9 @@ impl Exec {
 
     async fn supervise(&self, pipeline: &Pipeline, runner: Runner) -> anyhow::Result<i32> {
         let mut timeline = Timeline::new();
+        // Orphans of the application's own children are re-parented to
+        // lifehook rather than to init (when lifehook is not PID 1 itself),
+        // so they are reaped and none is left a zombie.
         become_subreaper();
         // Handlers go in before the application starts, so that no signal
         // (its SIGCHLD included) can be missed.
@@ -139,7 +142,11 @@ impl Exec {
             runner,
             pipeline: pipeline.path.clone(),
         };
+        // The app may have ended already (a command that fails at once):
+        // reaped before the loop so the first turn sees it.
         let ended = app.reap();
+        // Post-start starts with the app, as in Kubernetes (where it runs
+        // beside the container's entrypoint, not before it).
         let mut s = Supervision {
             grace: self.grace_period,
             pipeline,
@@ -156,6 +163,8 @@ impl Exec {
             post_start_failed: false,
             pre_stop_ran: false,
         };
+        // One loop over signals, phase ends and the SIGKILL timer, until the
+        // app has ended and no pre-stop is running.
         loop {
             if let Some(how) = s.ended {
                 s.app.release_terminal();

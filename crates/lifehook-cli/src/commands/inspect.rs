@@ -79,13 +79,17 @@ impl Inspect {
     }
 }
 
+/// The report, with the artifact `run` would load for it (if the cache has
+/// one): what a user checking "is this precompiled?" wants to see.
 fn inspect(path: &Path, bytes: &[u8], cache: &CacheArgs) -> Result<Report, UsageError> {
     let mut report = describe(path, bytes)?;
     report.artifact = cache.cache(path).artifact_of(path).ok().flatten();
     Ok(report)
 }
 
-/// What the component at `path` is, from its bytes alone.
+/// What the component at `path` is, from its bytes alone: no engine, no
+/// compile, so it answers in milliseconds and in the runtime-only build,
+/// and a hostile file is only ever parsed, never run.
 pub(super) fn describe(path: &Path, bytes: &[u8]) -> Result<Report, UsageError> {
     let shown = path.display();
     if !Parser::is_component(bytes) {
@@ -101,6 +105,8 @@ pub(super) fn describe(path: &Path, bytes: &[u8]) -> Result<Report, UsageError> 
     }
     let (imports, exports) = top_level(bytes)
         .map_err(|e| UsageError(format!("{shown} is not a valid component: {e}")))?;
+    // The world by its exports, as the runtime decides it (a hook's `run`
+    // wins over a command's `wasi:cli/run` when a component has both).
     let kind = if exports.iter().any(|e| e == "run") {
         "hook"
     } else if exports.iter().any(|e| e.starts_with("wasi:cli/run@0.2.")) {
@@ -115,11 +121,15 @@ pub(super) fn describe(path: &Path, bytes: &[u8]) -> Result<Report, UsageError> 
             }
         )));
     };
+    // The contract version it was built against, from any lifehook:hook
+    // import: every interface of one build carries the same version.
     let contract = imports
         .iter()
         .find_map(|i| i.strip_prefix("lifehook:hook/"))
         .and_then(|rest| rest.split_once('@'))
         .map(|(_, version)| format!("lifehook:hook@{version}"));
+    // Judged by the runtime's own table of what the host links, so this
+    // answer and `run`'s cannot disagree.
     let mut problems: Vec<String> = imports.iter().filter_map(|i| unsupported(i)).collect();
     if kind == "hook" && contract.is_none() {
         problems.push(format!(
@@ -155,6 +165,9 @@ pub(super) fn describe(path: &Path, bytes: &[u8]) -> Result<Report, UsageError> 
 /// modules and components nested in it).
 fn top_level(bytes: &[u8]) -> Result<(Vec<String>, Vec<String>), wasmparser::BinaryReaderError> {
     let (mut imports, mut exports) = (Vec::new(), Vec::new());
+    // Depth 1 is the outer component; nested modules and components have
+    // imports of their own, satisfied inside, which are no concern of the
+    // host's.
     let mut depth = 0usize;
     for payload in Parser::new(0).parse_all(bytes) {
         match payload? {
@@ -181,7 +194,9 @@ fn top_level(bytes: &[u8]) -> Result<(Vec<String>, Vec<String>), wasmparser::Bin
     Ok((imports, exports))
 }
 
-/// The grant an import needs to be of any use, if any.
+/// The grant an import needs to be of any use, if any: the import links
+/// without it (every step gets the same linker), but denies everything, so
+/// the report tells the author which `allow` key the step will need.
 fn grant_of(import: &str) -> Option<&'static str> {
     let name = import.split('@').next().unwrap_or(import);
     if name.starts_with("wasi:http/") {

@@ -99,6 +99,9 @@ impl SelectArgs {
             .collect();
         tags.sort_unstable();
         tags.dedup();
+        // A name that matches nothing is an error, not an empty selection:
+        // a typo in `--only` inside a hook would otherwise run nothing and
+        // report ok at every shutdown.
         for (flag, given, known, what) in [
             ("--only", &self.only, &steps, "steps"),
             ("--skip", &self.skip, &steps, "steps"),
@@ -158,6 +161,8 @@ enum Turn {
     Done(i32),
 }
 
+/// `--deadline`'s parser: the pipeline file's duration grammar, and not
+/// zero (a zero deadline would skip every step).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     match lifehook_units::parse_duration(text) {
         Ok(d) if !d.is_zero() => Ok(d),
@@ -180,6 +185,8 @@ impl Run {
             print_out(&format!("lifehook {phase_name}: ok - no steps\n"));
             return Ok(EXIT_OK);
         };
+        // Selection errors are usage errors (exit 2), found before a
+        // delivery is claimed: a bad command line records no marker.
         let selection = self.select.selection(phase)?;
         for finding in &pipeline.findings {
             tracing::info!("{}", finding.message);

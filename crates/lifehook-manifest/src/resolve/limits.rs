@@ -40,36 +40,36 @@ pub(crate) struct LimitKeys<'a> {
     max_http: Option<&'a Spanned<i64>>,
 }
 
-// The two views are the same lines because the two raw types repeat the
-// limit fields: serde's `flatten` would share them, but it disables
+/// The [`LimitKeys`] of a raw table with the limit fields (`[defaults]` and
+/// a step both have them, by the same names).
+macro_rules! limit_keys {
+    ($raw:expr) => {
+        LimitKeys {
+            timeout: $raw.timeout.as_ref(),
+            fuel: $raw.fuel,
+            memory: $raw.memory.as_ref(),
+            output: $raw.output_limit,
+            max_open: $raw.max_open.as_ref(),
+            max_write: $raw.max_write,
+            max_http: $raw.max_http.as_ref(),
+        }
+    };
+}
+
+// One macro for both because the two raw types repeat the limit fields:
+// serde's `flatten` would share them, but it disables
 // `deny_unknown_fields` and loses the spans the diagnostics point at.
 impl RawDefaults {
     /// `[defaults]`' limit keys.
     pub(crate) fn limit_keys(&self) -> LimitKeys<'_> {
-        LimitKeys {
-            timeout: self.timeout.as_ref(),
-            fuel: self.fuel,
-            memory: self.memory.as_ref(),
-            output: self.output_limit,
-            max_open: self.max_open.as_ref(),
-            max_write: self.max_write,
-            max_http: self.max_http.as_ref(),
-        }
+        limit_keys!(self)
     }
 }
 
 impl RawStep {
     /// A step's limit keys.
     pub(crate) fn limit_keys(&self) -> LimitKeys<'_> {
-        LimitKeys {
-            timeout: self.timeout.as_ref(),
-            fuel: self.fuel,
-            memory: self.memory.as_ref(),
-            output: self.output_limit,
-            max_open: self.max_open.as_ref(),
-            max_write: self.max_write,
-            max_http: self.max_http.as_ref(),
-        }
+        limit_keys!(self)
     }
 }
 

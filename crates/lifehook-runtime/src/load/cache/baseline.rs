@@ -11,8 +11,11 @@
 //! [`finish_cache_writes`] can wait for them before the process exits and
 //! leave whole artifacts (or none) behind.
 
+#[cfg(feature = "compiler")]
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[cfg(feature = "compiler")]
+use std::time::Instant;
 
 #[cfg(feature = "compiler")]
 use wasmtime::component::Component;

@@ -27,6 +27,7 @@
 mod artifact;
 mod baseline;
 
+#[cfg(feature = "compiler")]
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -123,16 +123,21 @@ pub async fn pull(
     r: &OciReference,
     registries: &Registries,
 ) -> Result<(String, Vec<u8>), SourceError> {
-    let fail = |message: String| SourceError::Pull {
-        reference: r.to_string(),
-        message,
-    };
+    let fail = pull_failure(r);
     let received = AtomicU64::new(0);
     let started = Instant::now();
     let timeout = registries.pull_timeout;
     tokio::select! {
         pulled = pull_bounded(r, registries, &received) => pulled,
         why = watch_rate(&received, started, timeout) => Err(fail(why)),
+    }
+}
+
+/// Words a pull's failure of `r`.
+fn pull_failure(r: &OciReference) -> impl Fn(String) -> SourceError + '_ {
+    |message| SourceError::Pull {
+        reference: r.to_string(),
+        message,
     }
 }
 
@@ -165,15 +170,12 @@ async fn pull_bounded(
     registries: &Registries,
     received: &AtomicU64,
 ) -> Result<(String, Vec<u8>), SourceError> {
-    let fail = |message: String| SourceError::Pull {
-        reference: r.to_string(),
-        message,
-    };
+    let fail = pull_failure(r);
     let (client, image, auth, token) =
         signed_in(r, registries, RegistryOperation::Pull, &fail).await?;
     let (manifest, digest) = fetch_manifest(&image, registries, &auth, token.as_deref(), received)
         .await
-        .map_err(fail)?;
+        .map_err(&fail)?;
     if let Some(pinned) = &r.digest
         && pinned != &digest
     {
