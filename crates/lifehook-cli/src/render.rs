@@ -23,7 +23,8 @@ pub fn exclusion(why: &Exclusion) -> String {
     }
 }
 
-/// The report as a JSON value, with the exit code it maps to.
+/// The report as a JSON value, with the exit code it maps to: a collector
+/// that keeps only the JSON still knows what the kubelet saw.
 pub fn json_value(report: &PhaseReport) -> serde_json::Value {
     let mut value = serde_json::to_value(report).unwrap_or_default();
     value["exit_code"] = exit_code(report.status).into();
@@ -39,6 +40,8 @@ pub fn json(report: &PhaseReport) -> String {
 /// The report as a text table, headline first.
 pub fn text(report: &PhaseReport) -> String {
     let mut out = String::new();
+    // Outcomes in the order they first occur (no map: a phase has a handful
+    // of steps, and the tally should read in the order they ran).
     let mut counts: Vec<(Outcome, usize)> = Vec::new();
     for s in &report.steps {
         match counts.iter_mut().find(|(o, _)| *o == s.outcome) {
@@ -83,6 +86,8 @@ pub fn text(report: &PhaseReport) -> String {
             culprit.name, culprit.outcome, culprit.message
         );
     }
+    // One row a step, columns aligned on the longest name, so a failing
+    // row stands out in a terminal and in `kubectl describe`.
     let name_w = report
         .steps
         .iter()
@@ -108,6 +113,8 @@ pub fn text(report: &PhaseReport) -> String {
         if !s.message.is_empty() {
             let _ = write!(out, "  {}", s.message);
         }
+        // Which steps it waited for, as the graph said: what explains a late
+        // start in the `started` column.
         if !s.waited_for.is_empty() {
             let _ = write!(out, "  [after {}]", s.waited_for.join(", "));
         }
@@ -116,7 +123,8 @@ pub fn text(report: &PhaseReport) -> String {
     out
 }
 
-/// `950`, `12.3K`, `4.5M`, `1.2G`.
+/// `950`, `12.3K`, `4.5M`, `1.2G`: fuel counts run to billions, and the
+/// column has six characters.
 fn short_count(n: u64) -> String {
     match n {
         0..1_000 => n.to_string(),

@@ -58,12 +58,16 @@ impl Check {
                 (pipeline, kinds, problems)
             }
         };
+        // The plan first, then the verdict: a reader sees what would run
+        // even when something is wrong with it.
         for phase in &pipeline.phases {
             out += &describe_phase(phase, &kinds, &Selection::default());
         }
         if pipeline.phases.is_empty() {
             out += "warning: the pipeline has no [pre-stop] or [post-start] section\n";
         }
+        // Budget findings: an error fails the check (a worst case that
+        // cannot fit), a warning only says so (a tight reserve).
         let mut warnings = Vec::new();
         for finding in &pipeline.findings {
             match finding.severity {
@@ -103,6 +107,8 @@ impl Check {
         let Some(manifest) = &self.pod else {
             return Ok(None);
         };
+        // A pipeline named any way at all (a flag, the environment, the
+        // default file being here) wins over the one the manifest carries.
         let given = self.target.pipeline.file != Path::new(DEFAULT_PIPELINE)
             || std::env::var_os("LIFEHOOK_CONFIG").is_some()
             || self.target.pipeline.file.exists();
@@ -131,6 +137,7 @@ impl Check {
     }
 }
 
+/// The file name of `path`, or all of it when it has none.
 fn file_name(path: &Path) -> String {
     path.file_name().map_or_else(
         || path.display().to_string(),
