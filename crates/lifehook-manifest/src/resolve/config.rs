@@ -1,6 +1,10 @@
 //! `[config]` flattened to the `wasi:config/store` key-value pairs a plugin
 //! reads: nested tables become dotted keys (`redis.url`), arrays one item
 //! per line, scalars their TOML text, strings interpolated.
+//!
+//! Flat on purpose: `wasi:config/store` is a string-to-string map, and a
+//! plugin in any language reads it with no TOML parser; the SDK's
+//! `config::list` and `config::table` undo the array and table forms.
 
 use std::ops::Range;
 
@@ -19,6 +23,7 @@ impl Resolver<'_> {
         out: &mut Vec<(String, String)>,
     ) {
         match value {
+            // `headers.accept`: tables of tables nest as far as they go.
             toml::Value::Table(table) => {
                 for (k, v) in table {
                     self.flatten_config(format!("{key}.{k}"), span.clone(), v, out);
@@ -48,6 +53,8 @@ impl Resolver<'_> {
         }
     }
 
+    /// One scalar as the plugin reads it: a number or boolean as its TOML
+    /// text (the plugin parses what it expects), a string interpolated.
     fn scalar(&mut self, span: Range<usize>, value: &toml::Value) -> Option<String> {
         match value {
             toml::Value::String(s) => self.text(&Spanned::new(span, s.clone())),
