@@ -35,6 +35,10 @@ impl ResourceLimiter for MemoryLimiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
+        // `used` is the sum over memories; this one's old size is replaced
+        // by its new one. Refusing (Ok(false)) makes `memory.grow` return
+        // -1 in the guest, which its allocator reports as out of memory;
+        // `exceeded` lets the report say so instead of the plugin's words.
         let total = self.used.saturating_sub(current as u64) + desired as u64;
         if total > self.limit {
             self.exceeded = Some(total);
@@ -55,6 +59,9 @@ impl ResourceLimiter for MemoryLimiter {
         Ok(desired <= 1_000_000)
     }
 
+    // Counts of instances, tables and memories: far above what a component
+    // toolchain emits (a Python component has a few dozen), low enough that
+    // a hostile component cannot make the store allocate without end.
     fn instances(&self) -> usize {
         1_000
     }

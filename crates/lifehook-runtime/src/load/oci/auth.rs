@@ -10,6 +10,8 @@ pub fn auth_for(registry: &str) -> RegistryAuth {
     if let Ok(user) = std::env::var("LIFEHOOK_REGISTRY_USERNAME") {
         let password = std::env::var("LIFEHOOK_REGISTRY_PASSWORD")
             .ok()
+            // The password itself wins over its file: an explicit value in
+            // the environment is the more deliberate of the two.
             .or_else(|| {
                 // A mounted Secret: the file's content, without a final newline.
                 let file = std::env::var_os("LIFEHOOK_REGISTRY_PASSWORD_FILE")?;
@@ -20,6 +22,8 @@ pub fn auth_for(registry: &str) -> RegistryAuth {
             return RegistryAuth::Basic(user, password);
         }
     }
+    // The files podman (REGISTRY_AUTH_FILE) and docker read, in that order,
+    // so a `podman login` or `docker login` on the build machine works.
     let candidates = [
         std::env::var_os("REGISTRY_AUTH_FILE").map(std::path::PathBuf::from),
         std::env::var_os("DOCKER_CONFIG").map(|d| std::path::PathBuf::from(d).join("config.json")),
@@ -38,6 +42,8 @@ fn docker_config_auth(file: &std::path::Path, registry: &str) -> Option<Registry
     let text = std::fs::read_to_string(file).ok()?;
     let config: serde_json::Value = serde_json::from_str(&text).ok()?;
     let auths = config.get("auths")?.as_object()?;
+    // Docker writes some hosts with a scheme or a trailing slash
+    // (`https://index.docker.io/v1/`): compare the bare host.
     let entry = auths.iter().find_map(|(host, v)| {
         let host = host
             .trim_start_matches("https://")

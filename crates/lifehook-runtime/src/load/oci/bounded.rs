@@ -13,6 +13,9 @@ pub(super) struct Bounded<'a> {
 }
 
 impl Bounded<'_> {
+    /// Appends `buf`, or refuses it whole once the total would pass the
+    /// limit: a registry that sends more than it declared is lying, and
+    /// nothing it sent is kept.
     pub(super) fn push(&mut self, buf: &[u8]) -> std::io::Result<()> {
         self.received.fetch_add(buf.len() as u64, Ordering::Relaxed);
         if self.bytes.len() as u64 + buf.len() as u64 > self.limit {
@@ -26,6 +29,9 @@ impl Bounded<'_> {
     }
 }
 
+// oci-client writes a blob into an `AsyncWrite`: the same bound applies to
+// the layer as `push` applies to the manifest. Writing to memory never
+// blocks, so every poll is ready at once.
 impl tokio::io::AsyncWrite for Bounded<'_> {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
