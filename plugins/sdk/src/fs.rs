@@ -123,3 +123,40 @@ impl<T> IoResultExt<T> for io::Result<T> {
         self.map_err(|e| io_failure(action, path, &e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn or_fail_names_the_action_the_file_and_the_grant_to_check() {
+        let missing = Path::new("/state/missing.txt");
+        let failure = fs::read(missing)
+            .or_fail("read", missing)
+            .expect_err("missing");
+        assert!(
+            failure
+                .message
+                .starts_with("cannot read /state/missing.txt: ")
+                && failure
+                    .message
+                    .contains("is the directory granted in allow.dirs"),
+            "{}",
+            failure.message
+        );
+        assert!(!failure.retryable);
+    }
+
+    #[test]
+    fn a_full_disk_is_retryable_and_a_denial_is_not() {
+        let full: Failure = io::Error::from(io::ErrorKind::StorageFull).into();
+        assert!(
+            full.retryable && full.message.contains("the disk is full"),
+            "{}",
+            full.message
+        );
+        let denied: Failure = io::Error::from(io::ErrorKind::PermissionDenied).into();
+        assert!(!denied.retryable);
+        assert!(denied.message.contains("read-write"), "{}", denied.message);
+    }
+}
