@@ -1,7 +1,7 @@
 //! Measures `lifehook serve` from the outside, as the kubelet reaches it:
 //! HTTP/1.1 over loopback, with a client small enough not to be the thing
-//! measured (one keep-alive connection, requests written whole, responses
-//! read by `Content-Length`).
+//! measured (a connection per request, as the server closes after one;
+//! requests written whole, responses read by `Content-Length`).
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
@@ -69,7 +69,7 @@ impl Drop for Server {
     }
 }
 
-/// One keep-alive HTTP/1.1 connection.
+/// One HTTP/1.1 connection (the server answers one request on it).
 pub struct Connection {
     reader: BufReader<TcpStream>,
 }
@@ -117,17 +117,18 @@ impl Connection {
     }
 }
 
-/// The median time (ms) of `n` requests to `path`, one after another on one
-/// connection, after `n / 10` unmeasured ones.
+/// The median time (ms) of `n` requests to `path`, one after another, each
+/// on a connection of its own (the server closes a connection after its
+/// one request, and the kubelet opens one per hook), connecting included;
+/// after `n / 10` unmeasured ones.
 pub fn median_latency(addr: SocketAddr, method: &str, path: &str, n: usize) -> anyhow::Result<f64> {
-    let mut c = Connection::open(addr)?;
     for _ in 0..n / 10 {
-        c.request(method, path)?;
+        Connection::open(addr)?.request(method, path)?;
     }
     let mut times = Vec::with_capacity(n);
     for _ in 0..n {
         let started = Instant::now();
-        let (status, run) = c.request(method, path)?;
+        let (status, run) = Connection::open(addr)?.request(method, path)?;
         times.push(started.elapsed().as_secs_f64() * 1e3);
         if status != 200 {
             bail!("{path} answered {status}");

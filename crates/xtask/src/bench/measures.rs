@@ -219,7 +219,8 @@ pub(super) fn one_gib(b: &Bench) -> anyhow::Result<Vec<Row>> {
 }
 
 /// (i) `lifehook serve`: a trigger of a one-step no-op pre-stop over
-/// loopback, next to `/healthz` on the same connection; then 100 triggers
+/// loopback, next to `/healthz` (each on a connection of its own, as the
+/// server closes after one request); then 100 triggers
 /// at once, round after round, joining one run each time.
 pub(super) fn serve(b: &Bench) -> anyhow::Result<Vec<Row>> {
     use crate::serve_bench::{Server, concurrent_triggers, median_latency};
@@ -236,7 +237,7 @@ pub(super) fn serve(b: &Bench) -> anyhow::Result<Vec<Row>> {
     let growth = rss_last.saturating_sub(rss_round1);
     Ok(vec![
         Row::info(
-            "(i) serve: trigger of a one-step no-op pre-stop (loopback, keep-alive)",
+            "(i) serve: trigger of a one-step no-op pre-stop (loopback, a connection each)",
             format!("{trigger:.3} ms"),
             format!("GET /healthz {healthz:.3} ms"),
         )
