@@ -15,6 +15,9 @@ pub struct WriteOptions {
     /// Mode 0644 whatever the umask: files an image builds as root are read
     /// by the container's own user.
     pub readable_by_all: bool,
+    /// Mode 0755 whatever the umask (a binary); takes precedence over
+    /// `readable_by_all`.
+    pub executable: bool,
     /// `fsync` before the rename, so the file survives a crash of the node.
     /// Needed for what outlives the container (artifacts, pulled plugins);
     /// not for what only has to outlive a process.
@@ -36,10 +39,15 @@ pub fn atomic_write(path: &Path, parts: &[&[u8]], options: WriteOptions) -> std:
     for part in parts {
         tmp.write_all(part)?;
     }
-    if options.readable_by_all {
+    let mode = match (options.executable, options.readable_by_all) {
+        (true, _) => Some(0o755),
+        (false, true) => Some(0o644),
+        (false, false) => None,
+    };
+    if let Some(mode) = mode {
         use std::os::unix::fs::PermissionsExt as _;
         tmp.as_file()
-            .set_permissions(fs::Permissions::from_mode(0o644))?;
+            .set_permissions(fs::Permissions::from_mode(mode))?;
     }
     if options.durable {
         tmp.as_file().sync_all()?;
@@ -61,6 +69,7 @@ mod tests {
             readable_by_all: true,
             durable: true,
             create_dir: true,
+            ..WriteOptions::default()
         };
         atomic_write(&path, &[b"old"], options).expect("first write");
         // A reader holding the old file keeps the old contents.
@@ -77,6 +86,19 @@ mod tests {
             .map(|e| e.expect("entry").file_name())
             .collect();
         assert_eq!(names, ["file"]);
+    }
+
+    #[test]
+    fn an_executable_is_written_runnable_by_all_whatever_the_umask() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("bin");
+        let options = WriteOptions {
+            executable: true,
+            ..WriteOptions::default()
+        };
+        atomic_write(&path, &[b"#!"], options).expect("write");
+        let mode = fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o755);
     }
 
     #[test]

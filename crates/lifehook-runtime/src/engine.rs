@@ -5,6 +5,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use target_lexicon::{Aarch64Architecture, Architecture, Triple};
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine};
 
@@ -28,6 +29,9 @@ pub struct Host {
     pub(crate) linker: Arc<Linker<StepState>>,
     /// True for the baseline (Winch) engine.
     pub(crate) is_baseline: bool,
+    /// The architecture its code is for: this machine's, but for
+    /// `lifehook compile --target` of another.
+    pub(crate) arch: Architecture,
     /// The baseline engine, built the first time a plugin has to be
     /// compiled at run time.
     #[cfg_attr(
@@ -56,14 +60,15 @@ impl Host {
     /// Builds the engine, links WASI (p2), `wasi:http`, `wasi:config` and
     /// `lifehook:hook/log`, and starts the epoch ticker thread.
     pub fn new() -> Result<Host, HostError> {
-        let engine =
-            Engine::new(&shipped_config().map_err(HostError::new)?).map_err(HostError::new)?;
+        let engine = Engine::new(&shipped_config(&Triple::host()).map_err(HostError::new)?)
+            .map_err(HostError::new)?;
         let linker = Arc::new(build_linker(&engine).map_err(HostError::new)?);
         start_epoch_ticker(&engine);
         Ok(Host {
             engine,
             linker,
             is_baseline: false,
+            arch: native_arch(),
             baseline: Arc::default(),
         })
     }
@@ -90,6 +95,7 @@ impl Host {
                             engine,
                             linker,
                             is_baseline: true,
+                            arch: native_arch(),
                             baseline: Arc::default(),
                         })
                     });
@@ -105,21 +111,40 @@ impl Host {
     }
 
     /// An engine for `lifehook compile`: the same settings as [`Host::new`]
-    /// but code generated for the baseline of this architecture (no CPU
-    /// feature detection), so its artifacts load on any CPU of the
-    /// architecture. wasmtime accepts code using a subset of the host's CPU
-    /// features, so `run`'s own engine loads these artifacts.
+    /// but code generated for the baseline of the architecture (no CPU
+    /// feature detection), so its artifacts load on any CPU of it. wasmtime
+    /// accepts code using a subset of the host's CPU features, so `run`'s own
+    /// engine loads these artifacts. `target` is this machine's architecture
+    /// when `None`; for another one, the engine can only write artifacts
+    /// (see [`Host::is_native`]).
     #[cfg(feature = "compiler")]
-    pub fn for_precompiling() -> Result<Host, HostError> {
-        let engine =
-            Engine::new(&shipped_config().map_err(HostError::new)?).map_err(HostError::new)?;
+    pub fn for_precompiling(target: Option<Arch>) -> Result<Host, HostError> {
+        let mut triple = Triple::host();
+        if let Some(arch) = target {
+            triple.architecture = arch.architecture();
+        }
+        let engine = Engine::new(&shipped_config(&triple).map_err(HostError::new)?)
+            .map_err(HostError::new)?;
         let linker = Arc::new(build_linker(&engine).map_err(HostError::new)?);
         Ok(Host {
             engine,
             linker,
             is_baseline: false,
+            arch: triple.architecture,
             baseline: Arc::default(),
         })
+    }
+
+    /// Whether this engine's code runs here. wasmtime loads no code for
+    /// another architecture, not even to check its types: an engine for
+    /// another one only writes artifacts.
+    pub fn is_native(&self) -> bool {
+        self.arch == native_arch()
+    }
+
+    /// The architecture this engine's code is for (`x86_64`, `aarch64`).
+    pub fn arch_name(&self) -> String {
+        self.arch.to_string()
     }
 
     /// The engine to compile with when a plugin must be compiled at run
@@ -138,15 +163,38 @@ impl Host {
     }
 }
 
+/// The architecture this lifehook runs on.
+pub(crate) fn native_arch() -> Architecture {
+    Triple::host().architecture
+}
+
+/// An architecture lifehook is built for, and makes artifacts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// x86-64 (amd64).
+    X86_64,
+    /// 64-bit Arm (arm64).
+    Aarch64,
+}
+
+impl Arch {
+    fn architecture(self) -> Architecture {
+        match self {
+            Arch::X86_64 => Architecture::X86_64,
+            Arch::Aarch64 => Architecture::Aarch64(Aarch64Architecture::Aarch64),
+        }
+    }
+}
+
 /// The settings of the engine that runs `lifehook compile`'s artifacts and
-/// of the one that writes them: [`engine_config`] for the baseline of this
-/// architecture (no CPU feature detection), so artifacts load on any CPU of
-/// it. Naming the target also spares every run detecting the CPU's
+/// of the one that writes them: [`engine_config`] for the baseline of the
+/// `target` architecture (no CPU feature detection), so artifacts load on
+/// any CPU of it. Naming the target also spares every run detecting the CPU's
 /// features for a compiler it does not use (the baseline compiler, which
 /// compiles at run time, has an engine of its own).
-fn shipped_config() -> anyhow::Result<Config> {
+fn shipped_config(target: &Triple) -> anyhow::Result<Config> {
     let mut config = engine_config();
-    config.target(&target_lexicon::Triple::host().to_string())?;
+    config.target(&target.to_string())?;
     Ok(config)
 }
 

@@ -49,7 +49,7 @@ pub use load::oci;
 pub use load::sources;
 
 pub use atomic::{WriteOptions, atomic_write};
-pub use engine::{EPOCH_TICK, Host, HostError};
+pub use engine::{Arch, EPOCH_TICK, Host, HostError};
 pub use load::cache::{ArtifactCache, CompileError, Compiled, finish_cache_writes};
 pub use load::loader::LoadResult;
 pub use load::plugin::{CodeSource, LoadError, Plugin, PluginKind};

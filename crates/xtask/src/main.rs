@@ -10,9 +10,13 @@
 //!   test, and the plugins' own unit tests on the host.
 //! - `bench`: builds the release binary and measures it with hyperfine
 //!   (see `bench.rs`).
+//! - `dist`: the release binaries for x86-64 and arm64 (full and
+//!   runtime-only), the lifehook images as OCI archives, and `SHA256SUMS`,
+//!   in `target/dist/` (see `ship.rs`).
 
 mod bench;
 mod serve_bench;
+mod ship;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -28,8 +32,11 @@ fn main() -> ExitCode {
         Some("demo") => demo(),
         Some("test") => test(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
+        Some("dist") => ship::dist(),
         _ => {
-            eprintln!("usage: cargo xtask <demo | test [cargo test args] | bench [--quick]>");
+            eprintln!(
+                "usage: cargo xtask <demo | test [cargo test args] | bench [--quick] | dist>"
+            );
             return ExitCode::from(2);
         }
     };
@@ -162,6 +169,8 @@ fn test(extra: &[String]) -> anyhow::Result<u8> {
         ("runc", "runc"),
         ("musl-gcc", "musl-tools"),
         ("docker-registry", "docker-registry"),
+        ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
+        ("qemu-aarch64-static", "qemu-user-static"),
     ])?;
     // The test suite builds the plugins itself (tests/artifacts/build.rs)
     // and starts its own servers on free loopback ports.
@@ -171,32 +180,26 @@ fn test(extra: &[String]) -> anyhow::Result<u8> {
         .args(["test", "--workspace"])
         .args(extra)
         .env("LIFEHOOK_REQUIRE_SERVERS", "1"))?;
-    // The runtime-only build (no compiler) in a target directory of its own,
-    // and the test that needs it.
-    let runtime_only_dir = root().join("target/runtime-only");
-    run(cargo()
-        .args([
-            "build",
-            "--package",
-            "lifehook-cli",
-            "--bin",
-            "lifehook",
-            "--no-default-features",
-        ])
-        .env("CARGO_TARGET_DIR", &runtime_only_dir))?;
-    ignored_e2e_test(
-        "runtime_only",
-        "LIFEHOOK_RUNTIME_ONLY_BIN",
-        &runtime_only_dir.join("debug/lifehook"),
-    )?;
-    // The container tests: the FROM scratch image needs static binaries of
-    // lifehook and the test app, built once here and shared by every test.
-    let (lifehook_static, app_static) = build_static_for_containers()?;
+    // The static binaries, built once and shared: x86-64 full and
+    // runtime-only, the test app, and arm64 full and runtime-only (a profile
+    // that compiles faster: under emulation, speed is not what is tested).
+    let x86 = ship::lifehook_binaries(ship::X86_64, "static-test")?;
+    let app = ship::static_build(ship::X86_64, "static-test", "lifehook-test-app", None)?
+        .join("test-app");
+    let arm = ship::lifehook_binaries(ship::AARCH64, "cross-test")?;
+    ignored_e2e_test("runtime_only", "LIFEHOOK_RUNTIME_ONLY_BIN", &x86.slim)?;
+    // The arm64 binaries under qemu, the container and image tests under
+    // podman.
     run(cargo()
         .args(["test", "--package", "lifehook-cli", "--test", "e2e"])
-        .args(["--", "--ignored", "--test-threads", "2", "container_"])
-        .env("LIFEHOOK_STATIC_BIN", &lifehook_static)
-        .env("LIFEHOOK_STATIC_APP", &app_static))?;
+        .args(["--", "--ignored", "--test-threads", "2"])
+        .args(["cross_", "container_", "image_"])
+        .env("LIFEHOOK_REQUIRE_SERVERS", "1")
+        .env("LIFEHOOK_STATIC_BIN", &x86.full)
+        .env("LIFEHOOK_STATIC_SLIM_BIN", &x86.slim)
+        .env("LIFEHOOK_STATIC_APP", &app)
+        .env("LIFEHOOK_AARCH64_BIN", &arm.full)
+        .env("LIFEHOOK_AARCH64_SLIM_BIN", &arm.slim))?;
     // Plugins written in Python and JavaScript, built with componentize-py
     // (PyPI) and componentize-js (npm), pinned, installed under target/.
     let tools = install_language_tools()?;
@@ -227,22 +230,6 @@ fn test(extra: &[String]) -> anyhow::Result<u8> {
         ])
         .env("CARGO_TARGET_DIR", root().join("target/plugins-host")))?;
     Ok(0)
-}
-
-/// Static (musl) builds of lifehook and tests/app for the `FROM scratch`
-/// image, with the `static-test` profile (release code, no LTO: the
-/// shipped binary's fat LTO would add minutes to every CI run).
-fn build_static_for_containers() -> anyhow::Result<(PathBuf, PathBuf)> {
-    const MUSL: &str = "x86_64-unknown-linux-musl";
-    ensure_target(MUSL)?;
-    for package in ["lifehook-cli", "lifehook-test-app"] {
-        run(cargo()
-            .args(["build", "--profile", "static-test", "--target", MUSL])
-            .args(["--package", package, "--bins"])
-            .env("CC_x86_64_unknown_linux_musl", "musl-gcc"))?;
-    }
-    let dir = root().join("target").join(MUSL).join("static-test");
-    Ok((dir.join("lifehook"), dir.join("test-app")))
 }
 
 /// Runs the end-to-end tests named `name`, which are ignored by a plain

@@ -3,8 +3,10 @@
 
 #![allow(dead_code, reason = "each test module uses a different part")]
 
+pub mod classic;
 pub mod etcd;
 pub mod http;
+pub mod podman;
 pub mod redis;
 pub mod registry;
 
@@ -125,12 +127,29 @@ pub fn run_command(mut cmd: Command) -> Run {
         status,
         stdout,
         stderr,
-    } = cmd.output().expect("run lifehook");
+    } = output_of(&mut cmd);
     Run {
         code: status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
         elapsed: started.elapsed(),
+    }
+}
+
+/// `cmd`'s output. A binary a test has just copied can be "busy" for a
+/// moment: a process another test thread forked at that instant holds the
+/// copy's descriptor until it calls exec. That is retried.
+fn output_of(cmd: &mut Command) -> Output {
+    const TEXT_FILE_BUSY: i32 = 26;
+    let mut tries = 0;
+    loop {
+        match cmd.output() {
+            Err(e) if e.raw_os_error() == Some(TEXT_FILE_BUSY) && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            result => return result.expect("run lifehook"),
+        }
     }
 }
 
@@ -260,6 +279,27 @@ pub fn missing_server(name: &str, package: &str) -> Option<String> {
         "{why}"
     );
     Some(why)
+}
+
+/// Whether this process may mount a tmpfs in a mount namespace of its own
+/// (root, or a user namespace allowing it): the tests of full and read-only
+/// directories need one. Under `cargo xtask test` it must.
+pub fn can_mount_in_a_namespace() -> bool {
+    let can = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("d=$(mktemp -d) && mount -t tmpfs -o size=64k tmpfs \"$d\"")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !can {
+        assert!(
+            std::env::var_os("LIFEHOOK_REQUIRE_SERVERS").is_none(),
+            "cannot mount a tmpfs in a mount namespace (unshare --mount)"
+        );
+        eprintln!("skipped: cannot mount a tmpfs in a mount namespace");
+    }
+    can
 }
 
 /// Returns from the calling test, printing one line that says why, when a

@@ -4,6 +4,7 @@ mod check;
 mod compile;
 mod exec;
 mod inspect;
+mod install;
 mod new;
 mod pod;
 mod push;
@@ -24,7 +25,7 @@ use crate::logging::LogArgs;
 /// pipeline of sandboxed WebAssembly plugins, each under fuel, time and memory
 /// limits and with only the capabilities it is granted.
 #[derive(Debug, Parser)]
-#[command(name = "lifehook", version, after_help = crate::exit::help())]
+#[command(name = "lifehook", version = VERSION, after_help = crate::exit::help())]
 pub struct Cli {
     #[command(flatten)]
     pub log: LogArgs,
@@ -32,6 +33,24 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// What `--version` says: the version, the target the binary was built for,
+/// and which build it is.
+#[cfg(feature = "compiler")]
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("LIFEHOOK_TARGET"),
+    ", full: compiles plugins)"
+);
+/// What `--version` says (the runtime-only build).
+#[cfg(not(feature = "compiler"))]
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("LIFEHOOK_TARGET"),
+    ", runtime-only: runs precompiled plugins)"
+);
 
 /// What to do.
 #[derive(Debug, Subcommand)]
@@ -42,6 +61,7 @@ pub enum Command {
     Check(check::Check),
     Compile(compile::Compile),
     Inspect(inspect::Inspect),
+    Install(install::Install),
     New(new::New),
     Push(push::Push),
 }
@@ -56,6 +76,7 @@ impl Command {
             Command::Check(c) => c.execute(),
             Command::Compile(c) => c.execute(),
             Command::Inspect(c) => c.execute(),
+            Command::Install(c) => c.execute(),
             Command::New(c) => c.execute(),
             Command::Push(c) => c.execute(),
         }

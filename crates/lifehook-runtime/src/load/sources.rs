@@ -384,6 +384,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SourceError> {
         readable_by_all: true,
         durable: true,
         create_dir: true,
+        ..WriteOptions::default()
     };
     atomic_write(path, &[bytes], options).map_err(io)
 }

@@ -66,7 +66,7 @@ impl ArtifactCache {
             CodeSource::Compiled,
             started,
         )?;
-        self.keep_in_background(component, cached, plugin_hash);
+        self.keep_in_background(component, cached, plugin_hash, baseline.arch_name());
         Ok(loaded)
     }
 
@@ -83,14 +83,20 @@ impl ArtifactCache {
     /// process exits. A cache that cannot be written is skipped quietly:
     /// the next run compiles again.
     #[cfg(feature = "compiler")]
-    fn keep_in_background(&self, component: Component, path: PathBuf, plugin_hash: u128) {
+    fn keep_in_background(
+        &self,
+        component: Component,
+        path: PathBuf,
+        plugin_hash: u128,
+        arch: String,
+    ) {
         let spawned = std::thread::Builder::new()
             .name("lifehook-cache-write".into())
             .spawn(move || {
                 let written = component
                     .serialize()
                     .map_err(std::io::Error::other)
-                    .and_then(|code| write_artifact(&path, &code, plugin_hash));
+                    .and_then(|code| write_artifact(&path, &code, plugin_hash, &arch));
                 match written {
                     Ok(()) => tracing::debug!("wrote baseline artifact {}", path.display()),
                     Err(e) => {

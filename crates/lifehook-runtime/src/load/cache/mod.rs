@@ -20,9 +20,12 @@
 //! wasmtime's own compatibility check and is ignored the same way. Either
 //! way `run` falls back to compiling.
 //!
-//! Artifacts are compiled for baseline x86-64 (no CPU feature beyond the
-//! architecture's own), so an image built on one machine runs its artifacts
-//! on nodes with any x86-64 CPU.
+//! Artifacts are compiled for the baseline of an architecture (no CPU
+//! feature beyond the architecture's own), so an image built on one machine
+//! runs its artifacts on nodes with any CPU of it. `lifehook compile
+//! --target` makes them for the other architecture (an arm64 image's,
+//! built on an x86-64 machine); the trailer records which, and `run` on
+//! the other one ignores the artifact with a warning and compiles.
 
 mod artifact;
 mod baseline;
@@ -114,9 +117,13 @@ impl ArtifactCache {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        Ok(verify_trailer(&data, plugin_hash)
-            .is_ok()
-            .then_some(artifact))
+        Ok(verify_trailer(
+            &data,
+            plugin_hash,
+            &crate::engine::native_arch().to_string(),
+        )
+        .is_ok()
+        .then_some(artifact))
     }
 
     /// Loads `plugin` from its artifact when a valid one exists, otherwise
@@ -174,28 +181,43 @@ impl ArtifactCache {
     pub fn compile(&self, compiler: &Host, plugin: &Path) -> Result<Compiled, CompileError> {
         let started = Instant::now();
         let (bytes, plugin_hash) = read_and_hash(plugin)?;
-        let component = plugin::compile(compiler, plugin, &bytes, false)?;
-        let loaded = Plugin::prepare(
-            compiler,
-            plugin,
-            component.clone(),
-            CodeSource::Compiled,
-            started,
-        )?;
-        let code = component.serialize().map_err(|e| LoadError::Invalid {
+        let (kind, code) = if compiler.is_native() {
+            let component = plugin::compile(compiler, plugin, &bytes, false)?;
+            let loaded = Plugin::prepare(
+                compiler,
+                plugin,
+                component.clone(),
+                CodeSource::Compiled,
+                started,
+            )?;
+            (loaded.kind, component.serialize())
+        } else {
+            // wasmtime loads no code for another architecture, not even to
+            // check its types: this machine's baseline compiler (a fraction
+            // of Cranelift's time) checks the plugin, then Cranelift writes
+            // the other architecture's code.
+            let checker = compiler.for_run_time_compile();
+            let component = plugin::compile(checker, plugin, &bytes, false)?;
+            let checked =
+                Plugin::prepare(checker, plugin, component, CodeSource::Compiled, started)?;
+            (checked.kind, compiler.engine.precompile_component(&bytes))
+        };
+        let code = code.map_err(|e| LoadError::Invalid {
             path: plugin.to_path_buf(),
-            message: e.to_string(),
+            message: format!("{e:#}"),
         })?;
         let artifact = self.artifact_path(plugin, plugin_hash);
-        write_artifact(&artifact, &code, plugin_hash).map_err(|source| CompileError::Write {
-            path: artifact.clone(),
-            source,
+        write_artifact(&artifact, &code, plugin_hash, &compiler.arch_name()).map_err(|source| {
+            CompileError::Write {
+                path: artifact.clone(),
+                source,
+            }
         })?;
         self.remove_stale(plugin, &artifact);
         Ok(Compiled {
             plugin: plugin.to_path_buf(),
             artifact,
-            kind: loaded.kind,
+            kind,
             plugin_size: bytes.len() as u64,
             artifact_size: (code.len() + TRAILER) as u64,
             took: started.elapsed(),
