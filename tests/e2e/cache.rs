@@ -193,11 +193,11 @@ fn compile_reports_unusable_plugins() {
 /// The smallest images carry a build without Cranelift: it runs what
 /// `lifehook compile` made, and says clearly what it cannot do.
 #[test]
-#[ignore = "needs a `--no-default-features` build in LIFEHOOK_RUNTIME_ONLY_BIN; `cargo xtask test` builds one and runs this"]
+#[ignore = "needs a `--no-default-features` build in LIFEHOOK_STATIC_SLIM_BIN; `cargo xtask test` builds one and runs this"]
 fn runtime_only_build_runs_precompiled_plugins() {
     crate::support::require_server!("docker-registry", "docker-registry");
-    let binary = std::env::var_os("LIFEHOOK_RUNTIME_ONLY_BIN")
-        .expect("set LIFEHOOK_RUNTIME_ONLY_BIN to a lifehook built with --no-default-features");
+    let binary = std::env::var_os("LIFEHOOK_STATIC_SLIM_BIN")
+        .expect("set LIFEHOOK_STATIC_SLIM_BIN to a lifehook built with --no-default-features");
     let s = sandbox_with_plugin();
     let runtime_only = |args: &[&str]| {
         let mut cmd = std::process::Command::new(&binary);
@@ -347,5 +347,59 @@ fn without_an_artifact_the_baseline_compiler_runs_it_under_every_limit_and_leave
     assert_eq!(
         s.run(&["--cache", "cache"]).step("ok")["code"],
         "precompiled"
+    );
+}
+
+/// An x86-64 build machine makes an arm64 image's artifacts; here, on
+/// x86-64, `run` refuses them by name, once, and compiles instead.
+#[test]
+fn artifacts_for_the_other_architecture_are_made_and_ignored_here_with_one_warning() {
+    let s = sandbox_with_plugin();
+    let made = s.lifehook(&["compile", "--target", "aarch64", "--cache", "cache"]);
+    assert_eq!(made.code, 0, "{}", made.stderr);
+    assert!(made.stdout.contains("for aarch64"), "{}", made.stdout);
+    let found = artifacts(&s);
+    assert_eq!(found.len(), 1, "{found:?}");
+    // wasmtime's artifact is an ELF file: its machine is arm64 (183).
+    let bytes = std::fs::read(&found[0]).expect("artifact");
+    assert_eq!(u16::from_le_bytes([bytes[18], bytes[19]]), 183);
+    let run = s.run(&["--cache", "cache"]);
+    let step = run.assert_outcome("s", "ok");
+    assert_eq!(step["code"], "compiled", "{step:#}");
+    let warning = "was compiled for aarch64 and this lifehook runs on x86_64";
+    assert_eq!(run.stderr.matches(warning).count(), 1, "{}", run.stderr);
+    // And compiled for here, it loads.
+    let native = s.lifehook(&["compile", "--target", "x86_64", "--cache", "cache"]);
+    assert_eq!(native.code, 0, "{}", native.stderr);
+    let step = s.run(&["--cache", "cache"]).assert_outcome("s", "ok");
+    assert_eq!(step["code"], "precompiled", "{step:#}");
+}
+
+/// `compile PLUGIN...` precompiles files without a pipeline, into the cache
+/// it is given (and says so when it is given none).
+#[test]
+fn compile_takes_plugin_files_without_a_pipeline() {
+    let s = sandbox_with_plugin();
+    let made = s.lifehook_with(&["compile", "p.wasm", "missing.wasm"], |cmd| {
+        cmd.env("LIFEHOOK_CACHE", s.path("files"));
+    });
+    assert_eq!(made.code, 2, "{}", made.stderr);
+    assert!(
+        made.stderr.contains("missing.wasm does not exist"),
+        "{}",
+        made.stderr
+    );
+    assert!(made.stdout.contains("hook    p.wasm"), "{}", made.stdout);
+    let step = s.run(&["--cache", "files"]).assert_outcome("s", "ok");
+    assert_eq!(step["code"], "precompiled", "{step:#}");
+
+    let no_cache = s.lifehook_with(&["compile", "p.wasm"], |cmd| {
+        cmd.env_remove("LIFEHOOK_CACHE");
+    });
+    assert_ne!(no_cache.code, 0);
+    assert!(
+        no_cache.stderr.contains("add --cache DIR"),
+        "{}",
+        no_cache.stderr
     );
 }

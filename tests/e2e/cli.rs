@@ -41,6 +41,26 @@ fn help_documents_the_exit_codes() {
     }
 }
 
+/// A downloaded binary says what it is: version, target, which build.
+#[test]
+fn version_names_the_target_and_the_build() {
+    let run = run_command({
+        let mut c = lifehook();
+        c.arg("--version");
+        c
+    });
+    assert_eq!(run.code, 0);
+    let arch = std::env::consts::ARCH;
+    assert!(
+        run.stdout.starts_with(&format!(
+            "lifehook {} ({arch}-unknown-linux-",
+            env!("CARGO_PKG_VERSION")
+        )) && run.stdout.trim_end().ends_with(", full: compiles plugins)"),
+        "{}",
+        run.stdout
+    );
+}
+
 #[test]
 fn default_pipeline_path_and_phase() {
     let s = Sandbox::new();

@@ -560,7 +560,8 @@ fn container_read_only_root_writes_only_its_volume() {
 }
 
 /// The image's size, and the time of one preStop inside the container with
-/// and without the precompiled artifacts (figures for the README).
+/// and without the precompiled artifacts (figures for the README); every
+/// plugin step loads the lifehook image's artifacts when they are there.
 #[test]
 #[ignore = "needs podman and the static binaries: `cargo xtask test` runs it"]
 fn container_figures() {
@@ -575,7 +576,11 @@ fn container_figures() {
     assert!(bytes > 0 && bytes < 60_000_000, "image size {bytes}");
     let pod = Pod::start_app(&env, &[], &[]);
     let mut times = Vec::new();
-    for cache in ["/lifehook/cache", "/nonexistent"] {
+    // The image's own artifacts (copied from the lifehook image), then none.
+    for (cache, code) in [
+        ("/lifehook/cache", "precompiled"),
+        ("/nonexistent", "compiled"),
+    ] {
         redis.cli(&["SET", "leader", &pod.name]);
         let hook = pod.hook(
             &["-e", &format!("LIFEHOOK_CACHE={cache}")],
@@ -583,6 +588,8 @@ fn container_figures() {
                 "/lifehook/lifehook",
                 "run",
                 "--force",
+                "--report",
+                "json",
                 "--skip",
                 "wait-for-endpoints",
                 "-f",
@@ -592,6 +599,21 @@ fn container_figures() {
         );
         assert_eq!(hook.code, Some(0), "{}", hook.output);
         times.push(hook.took);
+        let report: serde_json::Value = serde_json::Deserializer::from_str(&hook.output)
+            .into_iter()
+            .next()
+            .and_then(Result::ok)
+            .unwrap_or_else(|| panic!("no JSON report:\n{}", hook.output));
+        let steps = report["steps"].as_array().expect("steps");
+        let plugin_steps: Vec<_> = steps
+            .iter()
+            .filter(|s| s["name"] != "wait-for-endpoints")
+            .collect();
+        assert_eq!(plugin_steps.len(), 3, "{report:#}");
+        for step in plugin_steps {
+            assert_eq!(step["outcome"], "ok", "{step:#}");
+            assert_eq!(step["code"], code, "{step:#}");
+        }
     }
     println!(
         "container figures: image {:.1} MB; one pre-stop through podman exec: {:?} precompiled, {:?} compiling",

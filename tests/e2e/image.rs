@@ -13,7 +13,7 @@ use std::process::Command;
 
 use crate::support::http::TestServer;
 use crate::support::podman::{
-    AMD64, ARM64, Platform, build_lifehook_image, built_file, checked, podman,
+    AMD64, ARM64, Platform, build_lifehook_image, built_file, checked, podman, podman_run,
 };
 use crate::support::registry::Registry;
 use crate::support::{Run, Sandbox, classic, http_client};
@@ -120,9 +120,8 @@ fn image_per_architecture_joined_in_a_manifest_list_pushed_to_a_registry() {
             checked(add);
         }
         // The amd64 image runs here: its entrypoint is lifehook.
-        let mut version_of = podman();
+        let mut version_of = podman_run();
         version_of.args([
-            "run",
             "--rm",
             &format!("localhost/lifehook-image-test:amd64{suffix}"),
             "--version",
@@ -208,8 +207,8 @@ fn image_installs_lifehook_into_a_shared_volume_that_an_unrelated_image_runs() {
     let s = Sandbox::new();
     classic::write(&s, Path::new("/shared/lh/plugins"), &server);
     let volume = format!("{}:/shared", s.dir.path().display());
-    let mut init = podman();
-    init.args(["run", "--rm", "-v", &volume, image, "install", "/shared/lh"]);
+    let mut init = podman_run();
+    init.args(["--rm", "-v", &volume, image, "install", "/shared/lh"]);
     let installed = String::from_utf8_lossy(&checked(init).stdout).into_owned();
     assert!(installed.contains("wrote     lifehook"), "{installed}");
     assert!(
@@ -218,8 +217,8 @@ fn image_installs_lifehook_into_a_shared_volume_that_an_unrelated_image_runs() {
     );
     // The application container: another image, lifehook only from the
     // volume.
-    let mut app = podman();
-    app.args(["run", "--rm", "--network", "host", "-v", &volume])
+    let mut app = podman_run();
+    app.args(["--rm", "--network", "host", "-v", &volume])
         .args(["-e", "LIFEHOOK_STATE_DIR=/shared/state"])
         .args(["--entrypoint", "/shared/lh/lifehook", unrelated])
         .args(["run", "--report", "json", "-f", "/shared/lifehook.toml"])

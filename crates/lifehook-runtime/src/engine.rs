@@ -5,7 +5,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use target_lexicon::{Aarch64Architecture, Architecture, Triple};
+use target_lexicon::{Architecture, Triple};
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine};
 
@@ -178,10 +178,11 @@ pub enum Arch {
 }
 
 impl Arch {
+    #[cfg(feature = "compiler")]
     fn architecture(self) -> Architecture {
         match self {
             Arch::X86_64 => Architecture::X86_64,
-            Arch::Aarch64 => Architecture::Aarch64(Aarch64Architecture::Aarch64),
+            Arch::Aarch64 => Architecture::Aarch64(target_lexicon::Aarch64Architecture::Aarch64),
         }
     }
 }

@@ -13,6 +13,8 @@
 //! - `dist`: the release binaries for x86-64 and arm64 (full and
 //!   runtime-only), the lifehook images as OCI archives, and `SHA256SUMS`,
 //!   in `target/dist/` (see `ship.rs`).
+//! - `static`: builds the static binaries the container, image and arm64
+//!   tests run, and prints the variables that pass them to those tests.
 
 mod bench;
 mod serve_bench;
@@ -33,9 +35,15 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("dist") => ship::dist(),
+        Some("static") => ship::test_binaries().map(|built| {
+            for (var, path) in built {
+                println!("{var}={}", path.display());
+            }
+            0
+        }),
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo | test [cargo test args] | bench [--quick] | dist>"
+                "usage: cargo xtask <demo | test [cargo test args] | bench [--quick] | dist | static>"
             );
             return ExitCode::from(2);
         }
@@ -180,26 +188,15 @@ fn test(extra: &[String]) -> anyhow::Result<u8> {
         .args(["test", "--workspace"])
         .args(extra)
         .env("LIFEHOOK_REQUIRE_SERVERS", "1"))?;
-    // The static binaries, built once and shared: x86-64 full and
-    // runtime-only, the test app, and arm64 full and runtime-only (a profile
-    // that compiles faster: under emulation, speed is not what is tested).
-    let x86 = ship::lifehook_binaries(ship::X86_64, "static-test")?;
-    let app = ship::static_build(ship::X86_64, "static-test", "lifehook-test-app", None)?
-        .join("test-app");
-    let arm = ship::lifehook_binaries(ship::AARCH64, "cross-test")?;
-    ignored_e2e_test("runtime_only", "LIFEHOOK_RUNTIME_ONLY_BIN", &x86.slim)?;
-    // The arm64 binaries under qemu, the container and image tests under
-    // podman.
+    let built = ship::test_binaries()?;
+    // The runtime-only build, the arm64 binaries under qemu, the container
+    // and image tests under podman.
     run(cargo()
         .args(["test", "--package", "lifehook-cli", "--test", "e2e"])
         .args(["--", "--ignored", "--test-threads", "2"])
-        .args(["cross_", "container_", "image_"])
+        .args(["runtime_only", "cross_", "container_", "image_"])
         .env("LIFEHOOK_REQUIRE_SERVERS", "1")
-        .env("LIFEHOOK_STATIC_BIN", &x86.full)
-        .env("LIFEHOOK_STATIC_SLIM_BIN", &x86.slim)
-        .env("LIFEHOOK_STATIC_APP", &app)
-        .env("LIFEHOOK_AARCH64_BIN", &arm.full)
-        .env("LIFEHOOK_AARCH64_SLIM_BIN", &arm.slim))?;
+        .envs(built.iter().map(|(var, path)| (var, path))))?;
     // Plugins written in Python and JavaScript, built with componentize-py
     // (PyPI) and componentize-js (npm), pinned, installed under target/.
     let tools = install_language_tools()?;

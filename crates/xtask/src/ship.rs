@@ -130,6 +130,24 @@ pub fn lifehook_binaries(target: Musl, profile: &str) -> anyhow::Result<Binaries
     Ok(Binaries { full, slim })
 }
 
+/// The static binaries the runtime-only, container, image and arm64 tests
+/// run, each with the variable that passes it to them: x86-64 full and
+/// runtime-only, the test app, arm64 full and runtime-only (the last two
+/// with a profile that builds sooner: under emulation, speed is not what is
+/// tested). The runtime-only x86-64 binary comes second.
+pub fn test_binaries() -> anyhow::Result<Vec<(&'static str, PathBuf)>> {
+    let x86 = lifehook_binaries(X86_64, "static-test")?;
+    let app = static_build(X86_64, "static-test", "lifehook-test-app", None)?.join("test-app");
+    let arm = lifehook_binaries(AARCH64, "cross-test")?;
+    Ok(vec![
+        ("LIFEHOOK_STATIC_BIN", x86.full),
+        ("LIFEHOOK_STATIC_SLIM_BIN", x86.slim),
+        ("LIFEHOOK_STATIC_APP", app),
+        ("LIFEHOOK_AARCH64_BIN", arm.full),
+        ("LIFEHOOK_AARCH64_SLIM_BIN", arm.slim),
+    ])
+}
+
 /// The sample plugins' `.wasm` files in `dir` (a release build of the
 /// plugins workspace).
 pub fn sample_plugins(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {

@@ -15,6 +15,20 @@ pub fn podman() -> Command {
     cmd
 }
 
+/// `podman run` with the limits this sandbox allows (podman's defaults ask
+/// for more open files and processes than it may grant).
+pub fn podman_run() -> Command {
+    let mut cmd = podman();
+    cmd.args([
+        "run",
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=1024:1024",
+    ]);
+    cmd
+}
+
 /// Runs `cmd`, failing the test with its output when it fails.
 pub fn checked(mut cmd: Command) -> Output {
     let out = cmd.output().expect("run podman");
