@@ -688,39 +688,38 @@ fn compile_measured(s: &Sandbox, host: &str, reference: &str, extra: &[&str]) ->
     );
     let started = std::time::Instant::now();
     let stderr = s.path("compile.stderr");
-    let mut cmd = crate::support::lifehook();
-    cmd.args(["compile", "--cache", "cache"])
+    let peak = s.path("compile.peak");
+    // Through the test app, so the figure is lifehook's own peak and not
+    // this test process's (see tests/app's `--peak-rss`).
+    let lifehook = crate::support::lifehook();
+    let mut cmd = std::process::Command::new(crate::support::test_app());
+    cmd.arg("--peak-rss")
+        .arg(&peak)
+        .arg(lifehook.get_program())
+        .args(["compile", "--cache", "cache"])
         .args(extra)
         .current_dir(s.dir.path())
+        .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&stderr).expect("stderr file"));
-    let child = cmd.spawn().expect("start compile");
-    let (code, peak) = wait_with_peak_rss(child);
+    for (key, value) in lifehook.get_envs() {
+        match value {
+            Some(value) => cmd.env(key, value),
+            None => cmd.env_remove(key),
+        };
+    }
+    let status = cmd.status().expect("start compile");
+    let peak_kib = std::fs::read_to_string(&peak)
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or_else(|| panic!("the test app wrote no peak RSS: {status}"));
     let run = Run {
-        code,
+        code: status.code().unwrap_or(-1),
         stdout: String::new(),
         stderr: std::fs::read_to_string(&stderr).unwrap_or_default(),
         elapsed: started.elapsed(),
     };
-    (run, peak)
-}
-
-#[expect(unsafe_code, reason = "wait4 fills a rusage we own")]
-fn wait_with_peak_rss(child: std::process::Child) -> (i32, u64) {
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: rusage is plain data, zeroed, and wait4 writes only into it
-    // and `status`.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(waited, pid, "wait4");
-    std::mem::forget(child);
-    let code = if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        -1
-    };
-    (code, usage.ru_maxrss as u64)
+    (run, peak_kib)
 }
 
 /// A manifest or config of any size used to be read whole (a 50 MB

@@ -19,6 +19,14 @@
 //!   exits at once, leaving the grandchild to be reaped by whoever reaps
 //!   orphans.
 //! - `--exit-after MS CODE`: exit with CODE after MS milliseconds.
+//!
+//! `test-app --peak-rss FILE COMMAND [ARGS]...` runs COMMAND with this
+//! process's stdio and directory, writes its peak RSS in KiB to FILE and
+//! exits with its code. A test measuring a child's memory starts it this
+//! way: a child the test process spawns itself inherits the test process's
+//! own high-water mark at `exec` (Linux carries the old address space's
+//! peak into `ru_maxrss`), so with other tests running it read 200 MiB for
+//! a process that peaked at 22.
 
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -94,6 +102,10 @@ fn record(events: Option<&Path>, event: &str) {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--peak-rss") {
+        std::process::exit(peak_rss(&args[2..]));
+    }
     let o = match parse() {
         Ok(o) => o,
         Err(e) => {
@@ -182,6 +194,37 @@ fn main() {
             std::process::exit(o.exit_on_term);
         }
     }
+}
+
+/// `--peak-rss FILE COMMAND [ARGS]...`: the exit code to leave with.
+fn peak_rss(args: &[String]) -> i32 {
+    let [file, program, rest @ ..] = args else {
+        eprintln!("test-app: --peak-rss needs FILE COMMAND [ARGS]...");
+        return 2;
+    };
+    let status = match std::process::Command::new(program).args(rest).status() {
+        Ok(status) => status,
+        Err(e) => {
+            eprintln!("test-app: cannot start {program}: {e}");
+            return 2;
+        }
+    };
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    #[expect(unsafe_code, reason = "getrusage is how a child's peak RSS is read")]
+    // SAFETY: getrusage writes a complete `rusage` into the pointer.
+    let usage = unsafe {
+        if libc::getrusage(libc::RUSAGE_CHILDREN, usage.as_mut_ptr()) != 0 {
+            eprintln!("test-app: getrusage failed");
+            return 2;
+        }
+        usage.assume_init()
+    };
+    if let Err(e) = std::fs::write(file, usage.ru_maxrss.to_string()) {
+        eprintln!("test-app: cannot write {file}: {e}");
+        return 2;
+    }
+    std::os::unix::process::ExitStatusExt::signal(&status)
+        .map_or(status.code().unwrap_or(2), |s| 128 + s)
 }
 
 /// Answers every request with the state file's contents.
