@@ -19,9 +19,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::support::http::TestServer;
-use crate::support::podman::{
-    AMD64, RELEASE_IMAGE, build_lifehook_image, built_file, checked, podman,
-};
+use crate::support::podman::{built_file, checked, podman, release_image};
 use crate::support::redis::Redis;
 use crate::support::{app_event_time, app_events, unix_ms, wait_until};
 
@@ -51,7 +49,7 @@ const POST_START: &[&str] = &[
 fn image() -> &'static str {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
-        build_lifehook_image(&built_file("LIFEHOOK_STATIC_BIN"), AMD64, RELEASE_IMAGE);
+        release_image();
         let context = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("container-context");
         let _ = std::fs::remove_dir_all(&context);
         std::fs::create_dir_all(&context).expect("context dir");

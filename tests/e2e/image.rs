@@ -8,12 +8,13 @@
 //! (`LIFEHOOK_STATIC_BIN`, `LIFEHOOK_STATIC_SLIM_BIN`, `LIFEHOOK_AARCH64_BIN`,
 //! `LIFEHOOK_AARCH64_SLIM_BIN`, `LIFEHOOK_STATIC_APP`) and runs these.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use crate::support::http::TestServer;
 use crate::support::podman::{
     AMD64, ARM64, Platform, build_lifehook_image, built_file, checked, podman, podman_run,
+    unrelated_image,
 };
 use crate::support::registry::Registry;
 use crate::support::{Run, Sandbox, classic, http_client};
@@ -175,24 +176,6 @@ fn image_per_architecture_joined_in_a_manifest_list_pushed_to_a_registry() {
         let _ = podman().args(["manifest", "rm", &list]).output();
     }
     registry.stop();
-}
-
-/// An image with nothing of lifehook in it: only the test app.
-fn unrelated_image() -> &'static str {
-    const IMAGE: &str = "localhost/lifehook-test-unrelated:latest";
-    let context = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("unrelated-context");
-    let _ = std::fs::remove_dir_all(&context);
-    std::fs::create_dir_all(&context).expect("context");
-    std::fs::copy(built_file("LIFEHOOK_STATIC_APP"), context.join("test-app")).expect("app");
-    std::fs::write(
-        context.join("Containerfile"),
-        "FROM scratch\nCOPY test-app /app/test-app\nENTRYPOINT [\"/app/test-app\"]\n",
-    )
-    .expect("Containerfile");
-    let mut build = podman();
-    build.args(["build", "--quiet", "-t", IMAGE]).arg(&context);
-    checked(build);
-    IMAGE
 }
 
 #[test]

@@ -18,6 +18,7 @@ mod grants;
 mod graph;
 mod hardening;
 mod image;
+mod inject;
 mod install;
 mod limits;
 mod manifest_errors;

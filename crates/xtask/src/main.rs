@@ -194,7 +194,7 @@ fn test(extra: &[String]) -> anyhow::Result<u8> {
     run(cargo()
         .args(["test", "--package", "lifehook-cli", "--test", "e2e"])
         .args(["--", "--ignored", "--test-threads", "2"])
-        .args(["runtime_only", "cross_", "container_", "image_"])
+        .args(["runtime_only", "cross_", "container_", "image_", "inject_"])
         .env("LIFEHOOK_REQUIRE_SERVERS", "1")
         .envs(built.iter().map(|(var, path)| (var, path))))?;
     // Plugins written in Python and JavaScript, built with componentize-py

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
 
 use super::plugins;
 
@@ -124,3 +125,35 @@ pub fn build_lifehook_image(binary: &Path, platform: Platform, tag: &str) {
 /// The name examples/container/Containerfile and examples/kubernetes/Dockerfile
 /// copy from (a release publishes it); the tests tag their local build so.
 pub const RELEASE_IMAGE: &str = "ghcr.io/lifehook/lifehook:0.1";
+
+/// The lifehook image of the x86-64 static binary, tagged [`RELEASE_IMAGE`]
+/// as a release publishes it; built once per test process.
+pub fn release_image() -> &'static str {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        build_lifehook_image(&built_file("LIFEHOOK_STATIC_BIN"), AMD64, RELEASE_IMAGE);
+    });
+    RELEASE_IMAGE
+}
+
+/// An image with nothing of lifehook in it, only the test app at
+/// /app/test-app (its entrypoint); built once per test process.
+pub fn unrelated_image() -> &'static str {
+    const IMAGE: &str = "localhost/lifehook-test-unrelated:latest";
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let context = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("unrelated-context");
+        let _ = std::fs::remove_dir_all(&context);
+        std::fs::create_dir_all(&context).expect("context");
+        std::fs::copy(built_file("LIFEHOOK_STATIC_APP"), context.join("test-app")).expect("app");
+        std::fs::write(
+            context.join("Containerfile"),
+            "FROM scratch\nCOPY test-app /app/test-app\nENTRYPOINT [\"/app/test-app\"]\n",
+        )
+        .expect("Containerfile");
+        let mut build = podman();
+        build.args(["build", "--quiet", "-t", IMAGE]).arg(&context);
+        checked(build);
+    });
+    IMAGE
+}

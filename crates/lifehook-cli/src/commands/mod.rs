@@ -3,6 +3,7 @@
 mod check;
 mod compile;
 mod exec;
+mod inject;
 mod inspect;
 mod install;
 mod new;
@@ -60,6 +61,7 @@ pub enum Command {
     Serve(serve::Serve),
     Check(check::Check),
     Compile(compile::Compile),
+    Inject(inject::Inject),
     Inspect(inspect::Inspect),
     Install(install::Install),
     New(new::New),
@@ -75,6 +77,7 @@ impl Command {
             Command::Serve(c) => c.execute(),
             Command::Check(c) => c.execute(),
             Command::Compile(c) => c.execute(),
+            Command::Inject(c) => c.execute(),
             Command::Inspect(c) => c.execute(),
             Command::Install(c) => c.execute(),
             Command::New(c) => c.execute(),
@@ -293,6 +296,8 @@ mod tests {
             "PATH" => "token",
             "HOST:PORT" => "registry.example.com:5000",
             "MANIFEST.yaml" => "pod.yaml",
+            "IMAGE" => "registry.example.com/lifehook:0.1",
+            "PORT" => "8787",
             "PLUGIN.wasm" => "plugin.wasm",
             "oci://REGISTRY/REPO:TAG" => "oci://registry.example.com/hooks/x:1",
             "COMMAND" => "sh",

@@ -85,29 +85,35 @@ pub fn carried_pipeline(path: &Path) -> anyhow::Result<Option<CarriedPipeline>> 
 /// Checks every lifehook hook in the manifest at `path` against `pipeline`.
 pub fn check(path: &Path, pipeline: &Pipeline) -> anyhow::Result<PodCheck> {
     let source = read_manifest(path)?;
+    Ok(check_text(path, &source, pipeline))
+}
+
+/// Checks every lifehook hook in the manifest `source` (read from `path`)
+/// against `pipeline`.
+pub fn check_text(path: &Path, source: &str, pipeline: &Pipeline) -> PodCheck {
     let mut out = PodCheck {
         ok: Vec::new(),
         problems: Vec::new(),
     };
-    let objects: Vec<Option<Object>> = match serde_saphyr::from_multiple(&source) {
+    let objects: Vec<Option<Object>> = match serde_saphyr::from_multiple(source) {
         Ok(objects) => objects,
         Err(e) => {
             let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
             let d = Diagnostic::new(
                 path,
-                &source,
-                offset(&source, line, column)..offset(&source, line, column) + 1,
+                source,
+                offset(source, line, column)..offset(source, line, column) + 1,
                 format!("not a valid Kubernetes manifest: {}", e.without_snippet()),
             )
             .with_help("the file must be YAML: one or more documents separated by `---`");
             out.problems.push(d);
-            return Ok(out);
+            return out;
         }
     };
     let objects: Vec<Object> = objects.into_iter().flatten().collect();
     let checker = Checker {
         path,
-        source: &source,
+        source,
         pipeline,
         config_maps: objects
             .iter()
@@ -129,11 +135,11 @@ pub fn check(path: &Path, pipeline: &Pipeline) -> anyhow::Result<PodCheck> {
     }
     if hooks == 0 {
         out.problems.push(
-            Diagnostic::new(path, &source, 0..0, "no container of this manifest runs lifehook in a lifecycle hook")
+            Diagnostic::new(path, source, 0..0, "no container of this manifest runs lifehook in a lifecycle hook")
                 .with_help("hooks run lifehook through `lifecycle.preStop.exec.command: [\"/lifehook\", \"run\", ...]` or an httpGet to `lifehook serve`"),
         );
     }
-    Ok(out)
+    out
 }
 
 /// The byte offset of a 1-based line and column (in characters).
