@@ -156,6 +156,54 @@ fn documents(yaml: &str) -> Vec<Value> {
     serde_saphyr::from_multiple::<Value>(yaml).expect("the output is YAML")
 }
 
+/// The documents as `podman kube play` 4 takes them: it refuses annotation
+/// values over 63 characters (podman#21663, fixed in podman 5; Kubernetes
+/// allows 256 KiB), so inject's record annotation, which only `--remove`
+/// reads, is left out. podman 4 also reads a `secretKeyRef` from its own
+/// secret store in a format of its own, so the Secret's value is written
+/// into the variable instead. And podman 4 removes a finished init
+/// container in a race with its own state ("cannot remove container ... as
+/// it is running", one play in two here): its `always` init container type
+/// keeps them. Nothing else changes.
+fn playable(s: &Sandbox, mut docs: Vec<Value>) -> PathBuf {
+    let secrets: Vec<(Value, Value)> = docs
+        .iter()
+        .filter(|d| d["kind"] == "Secret")
+        .map(|d| (d["metadata"]["name"].clone(), d["stringData"].clone()))
+        .collect();
+    docs.retain(|d| d["kind"] != "Secret");
+    for doc in &mut docs {
+        for list in ["/spec/containers", "/spec/initContainers"] {
+            let containers = doc.pointer_mut(list).and_then(Value::as_array_mut);
+            for container in containers.into_iter().flatten() {
+                let env = container.get_mut("env").and_then(Value::as_array_mut);
+                for var in env.into_iter().flatten() {
+                    let from = var["valueFrom"]["secretKeyRef"].clone();
+                    if let Some((_, data)) = secrets.iter().find(|(n, _)| *n == from["name"]) {
+                        let key = from["key"].as_str().expect("key");
+                        var["value"] = data[key].clone();
+                        var.as_object_mut().expect("env").remove("valueFrom");
+                    }
+                }
+            }
+        }
+        if let Some(annotations) = doc
+            .pointer_mut("/metadata/annotations")
+            .and_then(Value::as_object_mut)
+        {
+            annotations.retain(|_, v| v.as_str().is_none_or(|v| v.len() <= 63));
+            annotations.insert(
+                "io.podman.annotations.init.container.type".into(),
+                "always".into(),
+            );
+        }
+    }
+    s.write(
+        "played.yaml",
+        serde_saphyr::to_string_multiple(&docs).expect("YAML"),
+    )
+}
+
 fn pod_of(docs: &[Value]) -> &Value {
     docs.iter().find(|d| d["kind"] == "Pod").expect("the Pod")
 }
@@ -246,7 +294,7 @@ fn inject_exec_hooks_run_lifehook_installed_by_the_init_container() {
             .map(|a| a.as_str().expect("a string").to_owned())
             .collect()
     };
-    let _played = Played::play(injected, containers_conf(&s));
+    let _played = Played::play(playable(&s, docs.clone()), containers_conf(&s));
     let app = format!("{name}-app");
     wait_running(&app);
     // The kubelet's part: each hook's command, as written, in the app.
@@ -277,6 +325,14 @@ fn inject_sidecar_serves_the_hooks_with_its_token() {
     s.write("lifehook.toml", pipeline(&server));
     let name = format!("inject-sidecar-{}", std::process::id());
     let original = manifest(&name, &data(&s));
+    // The sidecar runs as 65532 (the app names no user): the directories
+    // it writes are writable to it, as an fsGroup makes a volume in a
+    // cluster.
+    for dir in ["data/snapshots", "data/locks", "data/locks/leader.lock"] {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(s.path(dir), std::fs::Permissions::from_mode(0o777))
+            .expect("chmod");
+    }
     let port = free_port().to_string();
     let out = inject(
         &s,
@@ -319,11 +375,7 @@ fn inject_sidecar_serves_the_hooks_with_its_token() {
         .push(sidecar);
     let get = pod["spec"]["containers"][0]["lifecycle"]["preStop"]["httpGet"].clone();
     let started = pod["spec"]["containers"][0]["lifecycle"]["postStart"]["httpGet"].clone();
-    let played = s.write(
-        "played.yaml",
-        serde_saphyr::to_string_multiple(&docs).expect("YAML"),
-    );
-    let _played = Played::play(played, containers_conf(&s));
+    let _played = Played::play(playable(&s, docs), containers_conf(&s));
     wait_running(&format!("{name}-app"));
     let ready = wait_until(Duration::from_secs(60), || {
         http_client()
