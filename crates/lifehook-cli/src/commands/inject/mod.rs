@@ -24,9 +24,11 @@ use super::{PipelineArgs, UsageError};
 use crate::exit::EXIT_OK;
 use crate::output::print_out;
 
+mod containers;
 mod template;
 #[cfg(test)]
 mod tests;
+mod undo;
 mod yaml;
 
 use template::PodEdit;
@@ -425,7 +427,7 @@ fn strip(label: &str, docs: Numbered) -> Result<(Numbered, BTreeMap<String, Stri
         }
         if let Some(w) = Workload::of(label, number, &doc)? {
             let place = w.place(label, number);
-            if let Some(token) = template::remove(&place, w.template(&mut doc)?)? {
+            if let Some(token) = undo::remove(&place, w.template(&mut doc)?)? {
                 tokens.insert(secret_name(&w.name), token);
             }
         }

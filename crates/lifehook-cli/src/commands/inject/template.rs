@@ -1,6 +1,7 @@
-//! The edits of one pod template: what `inject` adds (init containers,
-//! volumes, mounts, environment, hooks, annotations) and, from the record it
-//! leaves in an annotation, exactly how to take it out again.
+//! The edits of one pod template: the checks that everything inject adds
+//! fits (names, mounts, hooks, plugins, the grace period), then the edits,
+//! written down in the record [`super::undo`] takes them out by. The
+//! containers it adds are built in [`super::containers`].
 
 use std::collections::BTreeSet;
 use std::path::{Component, Path};
@@ -10,8 +11,9 @@ use lifehook_manifest::budget::GraceFit;
 use lifehook_manifest::{PhaseName, Pipeline, PluginSource};
 use lifehook_runtime::sources::Lock;
 use lifehook_units::format_duration;
-use serde::{Deserialize, Serialize};
 
+use super::containers::downward_env;
+use super::undo::{ContainerRecord, Record};
 use super::yaml::Node;
 use super::{Mode, Options, PipelineFiles};
 use crate::commands::UsageError;
@@ -23,22 +25,22 @@ pub const RECORD: &str = "lifehook.dev/injected";
 pub const HASH: &str = "lifehook.dev/pipeline-hash";
 
 /// The volume the install init container fills with lifehook.
-const VOLUME: &str = "lifehook";
+pub(super) const VOLUME: &str = "lifehook";
 /// The volume of the pipeline's ConfigMap.
-const PIPELINE_VOLUME: &str = "lifehook-pipeline";
+pub(super) const PIPELINE_VOLUME: &str = "lifehook-pipeline";
 /// Where the application containers (exec mode) and the sidecar see
 /// the pipeline.
 pub const PIPELINE_DIR: &str = "/etc/lifehook";
 pub const PIPELINE_PATH: &str = "/etc/lifehook/lifehook.toml";
 /// Where the application containers see the installed lifehook.
-const HOME: &str = "/lifehook";
-const BINARY: &str = "/lifehook/lifehook";
+pub(super) const HOME: &str = "/lifehook";
+pub(super) const BINARY: &str = "/lifehook/lifehook";
 /// Where an init container sees the shared volume.
-const SHARED: &str = "/shared";
+pub(super) const SHARED: &str = "/shared";
 /// The init containers inject adds, by name.
-const INSTALL: &str = "lifehook-install";
-const PULL: &str = "lifehook-pull";
-const SIDECAR: &str = "lifehook";
+pub(super) const INSTALL: &str = "lifehook-install";
+pub(super) const PULL: &str = "lifehook-pull";
+pub(super) const SIDECAR: &str = "lifehook";
 /// The sample plugins the lifehook image carries in /lifehook/plugins.
 pub const IMAGE_PLUGINS: [&str; 4] = [
     "notify_shutdown.wasm",
@@ -48,49 +50,14 @@ pub const IMAGE_PLUGINS: [&str; 4] = [
 ];
 /// The user the added containers run as when the application container
 /// names none (the lifehook image has no user of its own).
-const DEFAULT_USER: i64 = 65532;
+pub(super) const DEFAULT_USER: i64 = 65532;
 /// The variables the downward API gives, and their fields.
-const DOWNWARD: [(&str, &str); 4] = [
+pub(super) const DOWNWARD: [(&str, &str); 4] = [
     ("POD_NAME", "metadata.name"),
     ("POD_NAMESPACE", "metadata.namespace"),
     ("POD_UID", "metadata.uid"),
     ("NODE_NAME", "spec.nodeName"),
 ];
-
-/// What inject changed in one pod template, kept in its [`RECORD`]
-/// annotation as JSON.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Record {
-    mode: String,
-    /// Keys of the template that inject created (`metadata`,
-    /// `annotations`, `initContainers`, `volumes`), taken out again when
-    /// empty.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    created: Vec<String>,
-    #[serde(default)]
-    containers: Vec<ContainerRecord>,
-    /// Whether inject set the pod's terminationGracePeriodSeconds, and
-    /// its value before (`None`: it had none).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    grace_set: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    grace_before: Option<i64>,
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct ContainerRecord {
-    name: String,
-    /// The environment variables added.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    env: Vec<String>,
-    /// Keys created (`env`, `volumeMounts`, `lifecycle`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    created: Vec<String>,
-    /// The hooks set (`preStop`, `postStart`), each with the hook it
-    /// replaced (`null`: none).
-    #[serde(default)]
-    hooks: Vec<(String, Option<serde_json::Value>)>,
-}
 
 /// One workload's pod template to inject into, and what to name things.
 pub struct PodEdit<'a> {
@@ -538,147 +505,6 @@ impl PodEdit<'_> {
         Ok(mounts)
     }
 
-    fn security_context(user: i64) -> Node {
-        Node::map_of([
-            ("runAsNonRoot", Node::Bool(true)),
-            ("runAsUser", Node::Int(user)),
-            ("allowPrivilegeEscalation", Node::Bool(false)),
-            ("readOnlyRootFilesystem", Node::Bool(true)),
-            (
-                "capabilities",
-                Node::map_of([("drop", Node::strs(&["ALL"]))]),
-            ),
-            (
-                "seccompProfile",
-                Node::map_of([("type", Node::str("RuntimeDefault"))]),
-            ),
-        ])
-    }
-
-    fn mount(name: &str, path: &str, read_only: bool) -> Node {
-        let mut m = Node::map_of([("name", Node::str(name)), ("mountPath", Node::str(path))]);
-        if read_only {
-            m.set("readOnly", Node::Bool(true));
-        }
-        m
-    }
-
-    /// Copies lifehook from the image into the shared volume.
-    fn install_container(&self, user: i64) -> Node {
-        Node::map_of([
-            ("name", Node::str(INSTALL)),
-            ("image", Node::str(&self.options.image)),
-            ("command", Node::strs(&[BINARY, "install", SHARED])),
-            (
-                "volumeMounts",
-                Node::Seq(vec![Self::mount(VOLUME, SHARED, false)]),
-            ),
-            ("securityContext", Self::security_context(user)),
-        ])
-    }
-
-    /// Pulls and precompiles the pipeline's OCI plugins into the shared
-    /// volume's cache.
-    fn pull_container(&self, user: i64) -> Node {
-        Node::map_of([
-            ("name", Node::str(PULL)),
-            ("image", Node::str(&self.options.image)),
-            (
-                "command",
-                Node::strs(&[
-                    BINARY,
-                    "compile",
-                    "-f",
-                    PIPELINE_PATH,
-                    "--cache",
-                    &format!("{SHARED}/cache"),
-                ]),
-            ),
-            (
-                "volumeMounts",
-                Node::Seq(vec![
-                    Self::mount(VOLUME, SHARED, false),
-                    Self::mount(PIPELINE_VOLUME, PIPELINE_DIR, true),
-                ]),
-            ),
-            ("securityContext", Self::security_context(user)),
-        ])
-    }
-
-    /// The native sidecar serving the phases to the `httpGet` hooks.
-    fn sidecar_container(
-        &self,
-        user: i64,
-        downward: &BTreeSet<&'static str>,
-        oci: bool,
-        shared: Vec<Node>,
-    ) -> Node {
-        let port = self.options.port;
-        let mut env = vec![
-            Node::map_of([
-                ("name", Node::str("LIFEHOOK_TOKEN")),
-                (
-                    "valueFrom",
-                    Node::map_of([(
-                        "secretKeyRef",
-                        Node::map_of([
-                            ("name", Node::str(self.secret)),
-                            ("key", Node::str("token")),
-                        ]),
-                    )]),
-                ),
-            ]),
-            Node::map_of([
-                ("name", Node::str("LIFEHOOK_CACHE")),
-                (
-                    "value",
-                    Node::str(if oci {
-                        "/shared/cache"
-                    } else {
-                        "/lifehook/cache"
-                    }),
-                ),
-            ]),
-        ];
-        env.extend(downward_env(downward));
-        let mut mounts = vec![Self::mount(PIPELINE_VOLUME, PIPELINE_DIR, true)];
-        if oci {
-            mounts.push(Self::mount(VOLUME, SHARED, true));
-        }
-        mounts.extend(shared);
-        Node::map_of([
-            ("name", Node::str(SIDECAR)),
-            ("image", Node::str(&self.options.image)),
-            ("restartPolicy", Node::str("Always")),
-            (
-                "command",
-                Node::strs(&[
-                    BINARY,
-                    "serve",
-                    "--listen",
-                    &format!("0.0.0.0:{port}"),
-                    "--token-env",
-                    "LIFEHOOK_TOKEN",
-                    "-f",
-                    PIPELINE_PATH,
-                ]),
-            ),
-            ("env", Node::Seq(env)),
-            (
-                "readinessProbe",
-                Node::map_of([(
-                    "httpGet",
-                    Node::map_of([
-                        ("path", Node::str("/healthz")),
-                        ("port", Node::Int(port.into())),
-                    ]),
-                )]),
-            ),
-            ("volumeMounts", Node::Seq(mounts)),
-            ("securityContext", Self::security_context(user)),
-        ])
-    }
-
     /// Adds to one application container: the mounts, the environment and
     /// the hooks (exec mode), or only the `httpGet` hooks (sidecar mode).
     fn edit_container(
@@ -733,57 +559,6 @@ impl PodEdit<'_> {
         }
         record
     }
-
-    /// The hook of one phase.
-    fn handler(&self, phase: PhaseName) -> Node {
-        match self.options.mode {
-            Mode::Exec => Node::map_of([(
-                "exec",
-                Node::map_of([(
-                    "command",
-                    Node::strs(&[
-                        BINARY,
-                        "run",
-                        "--phase",
-                        phase.as_str(),
-                        "-f",
-                        PIPELINE_PATH,
-                    ]),
-                )]),
-            )]),
-            Mode::Sidecar => Node::map_of([(
-                "httpGet",
-                Node::map_of([
-                    ("path", Node::str(format!("/{phase}"))),
-                    ("port", Node::Int(self.options.port.into())),
-                    (
-                        "httpHeaders",
-                        Node::Seq(vec![Node::map_of([
-                            ("name", Node::str("Authorization")),
-                            ("value", Node::str(format!("Bearer {}", self.token))),
-                        ])]),
-                    ),
-                ]),
-            )]),
-        }
-    }
-}
-
-/// The downward API's variables among `names`, as `env` entries.
-fn downward_env(names: &BTreeSet<&'static str>) -> Vec<Node> {
-    DOWNWARD
-        .iter()
-        .filter(|(n, _)| names.contains(n))
-        .map(|(name, field)| {
-            Node::map_of([
-                ("name", Node::str(*name)),
-                (
-                    "valueFrom",
-                    Node::map_of([("fieldRef", Node::map_of([("fieldPath", Node::str(*field))]))]),
-                ),
-            ])
-        })
-        .collect()
 }
 
 /// `node[key]`, created as `empty` when missing (and noted in `created`);
@@ -810,113 +585,4 @@ fn is_within(path: &Path, dir: &Path) -> bool {
             .collect()
     }
     clean(path).starts_with(&clean(dir))
-}
-
-impl Node {
-    /// The items of the list under `key` (none when absent).
-    pub fn items_of(&self, key: &str) -> &[Node] {
-        self.get(key).map_or(&[], Node::items)
-    }
-}
-
-/// Takes out of `template` what inject added, from its record; returns the
-/// sidecar token its hooks sent, if any (kept, so injecting again does not
-/// change it). A template without a record is left as it is.
-pub fn remove(place: &str, template: &mut Node) -> Result<Option<String>, UsageError> {
-    let Some(text) = template
-        .get("metadata")
-        .and_then(|m| m.get("annotations"))
-        .and_then(|a| a.get_str(RECORD))
-    else {
-        return Ok(None);
-    };
-    let record: Record = serde_json::from_str(text).map_err(|e| {
-        UsageError(format!(
-            "{place}: the annotation {RECORD} is not inject's record ({e}); take it out by hand"
-        ))
-    })?;
-    let mut token = None;
-    if let Some(spec) = template.get_mut("spec") {
-        retain(spec, "initContainers", |c| {
-            !matches!(c.get_str("name"), Some(INSTALL | PULL | SIDECAR))
-        });
-        retain(spec, "volumes", |v| {
-            !matches!(v.get_str("name"), Some(VOLUME | PIPELINE_VOLUME))
-        });
-        if record.grace_set {
-            match record.grace_before {
-                Some(g) => spec.set("terminationGracePeriodSeconds", Node::Int(g)),
-                None => {
-                    spec.remove("terminationGracePeriodSeconds");
-                }
-            }
-        }
-        if let Some(Node::Seq(containers)) = spec.get_mut("containers") {
-            for r in &record.containers {
-                let Some(c) = containers
-                    .iter_mut()
-                    .find(|c| c.get_str("name") == Some(r.name.as_str()))
-                else {
-                    continue;
-                };
-                retain(c, "env", |e| {
-                    !e.get_str("name")
-                        .is_some_and(|n| r.env.iter().any(|a| a == n))
-                });
-                retain(c, "volumeMounts", |m| {
-                    !matches!(m.get_str("name"), Some(VOLUME | PIPELINE_VOLUME))
-                });
-                if let Some(lifecycle) = c.get_mut("lifecycle") {
-                    for (hook, original) in &r.hooks {
-                        let ours = lifecycle.remove(hook);
-                        token = token.or_else(|| ours.as_ref().and_then(bearer));
-                        if let Some(original) = original
-                            && let Ok(node) = Node::deserialize(original)
-                        {
-                            lifecycle.set(hook, node);
-                        }
-                    }
-                }
-                prune(c, &r.created);
-            }
-        }
-        prune(spec, &record.created);
-    }
-    if let Some(meta) = template.get_mut("metadata") {
-        if let Some(annotations) = meta.get_mut("annotations") {
-            annotations.remove(RECORD);
-            annotations.remove(HASH);
-        }
-        prune(meta, &record.created);
-    }
-    prune(template, &record.created);
-    Ok(token)
-}
-
-/// The token of an `httpGet` hook's `Authorization: Bearer` header.
-fn bearer(handler: &Node) -> Option<String> {
-    handler
-        .get("httpGet")?
-        .items_of("httpHeaders")
-        .iter()
-        .find(|h| h.get_str("name") == Some("Authorization"))?
-        .get_str("value")?
-        .strip_prefix("Bearer ")
-        .map(str::to_owned)
-}
-
-/// Keeps the items of the list under `key` that `keep` says.
-fn retain(node: &mut Node, key: &str, keep: impl Fn(&Node) -> bool) {
-    if let Some(Node::Seq(items)) = node.get_mut(key) {
-        items.retain(|i| keep(i));
-    }
-}
-
-/// Takes out the keys of `node` in `created` that are now empty.
-fn prune(node: &mut Node, created: &[String]) {
-    for key in created {
-        if node.get(key).is_some_and(Node::is_empty) {
-            node.remove(key);
-        }
-    }
 }

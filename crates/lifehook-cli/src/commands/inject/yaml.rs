@@ -141,6 +141,11 @@ impl Node {
         Some(entries.remove(at).1)
     }
 
+    /// The items of the list under `key` (none when absent).
+    pub fn items_of(&self, key: &str) -> &[Node] {
+        self.get(key).map_or(&[], Node::items)
+    }
+
     /// An empty mapping or sequence.
     pub fn is_empty(&self) -> bool {
         match self {
