@@ -109,9 +109,28 @@ pub fn static_build(
     for (key, value) in target.env {
         cmd.env(key, value);
     }
+    // mimalloc's C prints `__DATE__` and `__TIME__` in its banner: GCC
+    // takes them from SOURCE_DATE_EPOCH, set to the commit's time (two
+    // builds of one commit otherwise differ in those 17 bytes and the
+    // build id).
+    if let Some(epoch) = commit_time() {
+        cmd.env("SOURCE_DATE_EPOCH", epoch);
+    }
     run(&mut cmd)?;
     let dir = if profile == "dev" { "debug" } else { profile };
     Ok(root().join("target").join(target.triple).join(dir))
+}
+
+/// The time of the commit checked out (seconds since the epoch), if git
+/// can tell.
+fn commit_time() -> Option<String> {
+    let out = Command::new("git")
+        .args(["log", "-1", "--format=%ct"])
+        .current_dir(root())
+        .output()
+        .ok()?;
+    let time = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+    (out.status.success() && !time.is_empty()).then_some(time)
 }
 
 /// The full and the runtime-only lifehook for `target`, each copied out to
