@@ -329,6 +329,20 @@ alpha:
     }
 
     #[test]
+    fn an_alias_bomb_is_refused_not_expanded() {
+        let mut text = "a: &a [x, x, x, x, x, x, x, x, x, x]\n".to_owned();
+        let mut prev = "a".to_owned();
+        for i in 0..12 {
+            let name = format!("b{i}");
+            let refs = vec![format!("*{prev}"); 10].join(", ");
+            text += &format!("{name}: &{name} [{refs}]\n");
+            prev = name;
+        }
+        let e = parse_stream(&text).expect_err("10^13 nodes");
+        assert!(e.message.contains("budget"), "{e:?}");
+    }
+
+    #[test]
     fn entry_creates_only_what_is_missing() {
         let mut n = Node::map_of([("a", Node::Null)]);
         let mut created = false;
