@@ -400,22 +400,27 @@ fn container_deadlines_leave_the_app_its_two_seconds() {
     }
 }
 
-/// Scenario 3: `--log-file /proc/1/fd/1` puts the hook's log lines into the
-/// container's log; as another user it cannot be opened, and the hook
+/// Scenario 3: with no flag, the hook's log lines and report go into the
+/// container's log (PID 1's output, what `kubectl logs` shows), marked as
+/// lifehook's; as another user PID 1's output cannot be opened, and the hook
 /// still succeeds without a word about it.
 #[test]
 #[ignore = "needs podman and the static binaries: `cargo xtask test` runs it"]
 fn container_hook_logs_reach_the_container_log_and_fall_back_quietly() {
     let (server, redis) = (TestServer::start(), Redis::start());
     let pod = Pod::start_app(&env(&server, &redis), &[], &[]);
-    let notify_only = ["--only", "notify-shutdown", "--log-file", "/proc/1/fd/1"];
     let mut cmd: Vec<&str> = PRE_STOP.to_vec();
-    cmd.extend_from_slice(&notify_only);
+    cmd.extend_from_slice(&["--only", "notify-shutdown"]);
     let hook = pod.hook(&[], &cmd, Duration::from_secs(10));
     assert_eq!(hook.code, Some(0), "{}", hook.output);
     assert!(
-        wait_until(Duration::from_secs(5), || pod.logs().contains("ok: POST")),
-        "the hook's log line is not in the container log:\n{}",
+        wait_until(Duration::from_secs(5), || {
+            let logs = pod.logs();
+            logs.contains("lifehook: INFO")
+                && logs.contains("ok: POST")
+                && logs.contains("lifehook: pre-stop: ok")
+        }),
+        "the hook's log line and verdict are not in the container log:\n{}",
         pod.logs()
     );
     let hook = pod.hook(&["--user", "65534"], &cmd, Duration::from_secs(10));
@@ -426,6 +431,17 @@ fn container_hook_logs_reach_the_container_log_and_fall_back_quietly() {
         hook.output
     );
     assert_eq!(server.requests().len(), 2);
+}
+
+/// The report lines of a hook's output (its headline and the indented
+/// lines under it) as the container log shows them: marked as lifehook's.
+fn report_lines_as_logged(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .filter(|l| l.starts_with("lifehook pre-stop:") || l.starts_with("  "))
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| format!("lifehook: {}", l.strip_prefix("lifehook ").unwrap_or(l)))
+        .collect()
 }
 
 /// Scenario 4: A failing step: the hook's exit code, and the first 1024 bytes of its
@@ -449,6 +465,21 @@ fn container_failing_step_is_named_in_what_the_kubelet_keeps() {
         "another-pod",
         "someone else's lock is kept"
     );
+    // Delivered by `podman exec` with no flag: the verdict, its cause and
+    // every step line are in the container's log too.
+    let logged = report_lines_as_logged(&hook.output);
+    assert!(
+        logged.len() >= 4 && logged.iter().any(|l| l.contains("cause:")),
+        "{}",
+        hook.output
+    );
+    let logs = pod.logs();
+    for line in &logged {
+        assert!(
+            logs.contains(line.as_str()),
+            "{line:?} is not in the container log:\n{logs}"
+        );
+    }
 }
 
 /// Scenario 5: The preStop hook delivered twice, during and after the first: its
@@ -524,6 +555,8 @@ fn container_entrypoint_mode_runs_pre_stop_first() {
     assert!(logs.contains("lifehook exec timeline:"), "{logs}");
     assert!(logs.contains("pre-stop done: ok"), "{logs}");
     assert!(logs.contains("app exited with code 7"), "{logs}");
+    // lifehook is PID 1: its info lines go to its own stdout, marked.
+    assert!(logs.contains("lifehook: INFO"), "{logs}");
 }
 
 /// Scenario 7: A read-only root file system with the cache in the image: the hook

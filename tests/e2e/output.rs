@@ -122,3 +122,80 @@ fn log_file_fallback_is_quiet_for_another_user() {
     assert!(lifehook_lines.is_empty(), "not quiet: {out}");
     assert!(!out.contains("/proc/1/fd/1"), "{out}");
 }
+
+/// What goes into the log file (PID 1's output by default in a container,
+/// `kubectl logs`): every info line and the report, each marked as
+/// lifehook's, in text and JSON; and a pipeline error, which stops the hook
+/// before any report.
+#[test]
+fn the_log_file_gets_marked_log_lines_the_report_and_errors() {
+    let s = Sandbox::new();
+    s.pipeline(
+        "[[pre-stop.steps]]\nname = \"quick\"\nplugin = \"@hook\"\nconfig = { mode = \"log\" }\n\n[[pre-stop.steps]]\nname = \"release-lock\"\nplugin = \"@hook\"\non-failure = \"abort\"\nconfig = { mode = \"fail\", message = \"lock held by web-1\" }\n",
+    );
+    let log = s.path("hook.log");
+    let run = s.lifehook_with(&["run"], |c| {
+        c.env(crate::support::LOG_FILE, &log);
+    });
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let text = std::fs::read_to_string(&log).expect("the log file");
+    for line in text.lines() {
+        assert!(line.starts_with("lifehook: "), "unmarked: {line:?}");
+    }
+    assert!(text.contains(" INFO hook{step=quick}: info line"), "{text}");
+    // The report, line by line, as stdout has it.
+    for line in run.stdout.lines().filter(|l| !l.is_empty()) {
+        let marked = format!(
+            "lifehook: {}",
+            line.strip_prefix("lifehook ").unwrap_or(line)
+        );
+        assert!(text.contains(&marked), "{marked:?} is not in:\n{text}");
+    }
+    assert!(
+        text.contains("lifehook: pre-stop: ABORTED by step `release-lock`"),
+        "{text}"
+    );
+
+    let json_log = s.path("hook.json");
+    let run = s.lifehook_with(&["run", "--log-format", "json", "--report", "json"], |c| {
+        c.env(crate::support::LOG_FILE, &json_log);
+    });
+    assert_eq!(run.code, 1);
+    let lines = std::fs::read_to_string(&json_log).expect("the JSON log");
+    let events: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert!(events.iter().all(|e| e["source"] == "lifehook"), "{lines}");
+    let report: Vec<&str> = events
+        .iter()
+        .filter(|e| e["target"] == "lifehook::report")
+        .filter_map(|e| e["fields"]["message"].as_str())
+        .collect();
+    assert!(
+        report
+            .first()
+            .is_some_and(|l| l.starts_with("pre-stop: ABORTED")),
+        "{report:?}"
+    );
+    assert!(
+        report.iter().any(|l| l.contains("lock held by web-1")),
+        "{report:?}"
+    );
+
+    // `none` writes nothing anywhere; a bad pipeline's error is logged.
+    s.write("bad.toml", "[pre-stop\n");
+    let run = s.lifehook_with(&["check", "-f", "bad.toml"], |c| {
+        c.env(crate::support::LOG_FILE, &log);
+    });
+    assert_eq!(run.code, 2);
+    let text = std::fs::read_to_string(&log).expect("the log file");
+    assert!(
+        text.contains("lifehook: error") && text.contains("bad.toml:1"),
+        "{text}"
+    );
+    let before = text.len();
+    let run = s.lifehook_with(&["run", "--log-file", "none"], |_| {});
+    assert_eq!(run.code, 1);
+    assert_eq!(std::fs::read_to_string(&log).expect("log").len(), before);
+}

@@ -39,7 +39,7 @@ pub fn state_dir(pipeline: &Pipeline) -> Option<PathBuf> {
 
 /// True in a Kubernetes pod (the kubelet sets `KUBERNETES_SERVICE_HOST` in
 /// every container) or a docker or podman container.
-fn in_a_container() -> bool {
+pub fn in_a_container() -> bool {
     std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
         || Path::new("/.dockerenv").exists()
         || Path::new("/run/.containerenv").exists()

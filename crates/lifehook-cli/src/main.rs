@@ -84,20 +84,24 @@ fn disable_huge_pages() {
 
 /// Prints an error and its causes the way anyhow does, except for pipeline
 /// diagnostics, which carry their own layout.
+/// The text goes to the log file as well: a hook that cannot even start
+/// must say why where `kubectl logs` looks.
 fn report_error(e: &anyhow::Error) {
-    let mut stderr = std::io::stderr().lock();
-    if let Some(lifehook_manifest::ManifestError::Invalid(d)) = e.downcast_ref() {
-        let _ = writeln!(stderr, "{d}");
-        return;
-    }
-    let _ = writeln!(stderr, "error: {e}");
-    let causes = new_causes(e);
-    if !causes.is_empty() {
-        let _ = writeln!(stderr, "\nCaused by:");
-        for (i, cause) in causes.iter().enumerate() {
-            let _ = writeln!(stderr, "    {i}: {cause}");
+    let text = if let Some(lifehook_manifest::ManifestError::Invalid(d)) = e.downcast_ref() {
+        format!("{d}\n")
+    } else {
+        let mut text = format!("error: {e}\n");
+        let causes = new_causes(e);
+        if !causes.is_empty() {
+            text += "\nCaused by:\n";
+            for (i, cause) in causes.iter().enumerate() {
+                text += &format!("    {i}: {cause}\n");
+            }
         }
-    }
+        text
+    };
+    output::print_err(&text);
+    logging::mirror_report(&text, false);
 }
 
 /// The causes of `e` that say something new: an error whose message

@@ -29,6 +29,7 @@ use anyhow::{Context as _, bail};
 const WASM_TARGET: &str = "wasm32-wasip2";
 
 fn main() -> ExitCode {
+    keep_out_of_pid_1();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("demo") => demo(),
@@ -53,6 +54,23 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("xtask: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// In a container, lifehook mirrors its log lines and reports to PID 1's
+/// output by default. The machines this project is built and tested on
+/// count as containers, and their PID 1 is the machine's: every lifehook
+/// that xtask starts (the demo, the bench, the tests) runs with
+/// `LIFEHOOK_LOG_FILE=none` unless told otherwise. The podman tests prove
+/// the default inside containers of their own.
+fn keep_out_of_pid_1() {
+    if std::env::var_os("LIFEHOOK_LOG_FILE").is_none() {
+        #[expect(unsafe_code, reason = "set_var before any other thread starts")]
+        // SAFETY: called first thing in `main`, while this process has one
+        // thread, so nothing reads the environment concurrently.
+        unsafe {
+            std::env::set_var("LIFEHOOK_LOG_FILE", "none");
         }
     }
 }

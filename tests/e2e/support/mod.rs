@@ -95,6 +95,19 @@ pub fn expand(toml: &str, dir: &Path) -> String {
         .replace("@dir", &dir.to_string_lossy())
 }
 
+/// lifehook's log file variable.
+pub const LOG_FILE: &str = "LIFEHOOK_LOG_FILE";
+
+/// Keeps a lifehook command's log lines out of PID 1's output unless the
+/// test chose a log file: this machine counts as a container (it has
+/// `/.dockerenv`), and its PID 1 is not the tests'.
+pub fn quiet(cmd: &mut Command) -> &mut Command {
+    if !cmd.get_envs().any(|(k, _)| k == LOG_FILE) {
+        cmd.env(LOG_FILE, "none");
+    }
+    cmd
+}
+
 /// The binary, with a clean lifehook environment and the shared cache.
 pub fn lifehook() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_lifehook"));
@@ -104,6 +117,7 @@ pub fn lifehook() -> Command {
         }
     }
     cmd.env("LIFEHOOK_CACHE", shared_cache());
+    cmd.env(LOG_FILE, "none");
     // Each command gets a state directory of its own, so that running a
     // pipeline twice runs it twice; the at-least-once tests share one on
     // purpose.
@@ -122,6 +136,7 @@ pub fn fresh_state_dir() -> PathBuf {
 }
 
 pub fn run_command(mut cmd: Command) -> Run {
+    quiet(&mut cmd);
     let started = Instant::now();
     let Output {
         status,
@@ -215,7 +230,7 @@ pub fn shared_cache() -> &'static Path {
             toml += &format!("[[pre-stop.steps]]\nname = \"s{i}\"\nplugin = \"{plugin}\"\n");
         }
         let file = sandbox.write("all.toml", toml);
-        let out = Command::new(env!("CARGO_BIN_EXE_lifehook"))
+        let out = quiet(&mut Command::new(env!("CARGO_BIN_EXE_lifehook")))
             .args(["compile", "-f"])
             .arg(&file)
             .arg("--cache")

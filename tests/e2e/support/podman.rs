@@ -103,7 +103,9 @@ pub fn build_lifehook_image(binary: &Path, platform: Platform, tag: &str) {
         std::fs::copy(plugin, &to).expect("plugin");
         compile.arg(to);
     }
-    let compiled = compile.output().expect("run lifehook compile");
+    let compiled = super::quiet(&mut compile)
+        .output()
+        .expect("run lifehook compile");
     assert!(
         compiled.status.success(),
         "{}",

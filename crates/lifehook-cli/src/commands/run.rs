@@ -232,6 +232,7 @@ impl Run {
                 serde_json::to_string_pretty(&json).unwrap_or_default()
             )),
         }
+        crate::logging::mirror_report(&text, self.report == ReportFormat::Text);
         let code = crate::exit::exit_code(report.status);
         if let Some(guard) = guard
             && code == EXIT_OK
@@ -261,6 +262,10 @@ impl Run {
         match delivery.claim(deadline, self.force) {
             Ok(Claim::Run(guard)) => Ok(Turn::Run(Some(guard))),
             Ok(Claim::Repeat(marker)) => {
+                crate::logging::mirror_report(
+                    &marker.repeat_text(phase),
+                    self.report == ReportFormat::Text,
+                );
                 match self.report {
                     ReportFormat::Text => print_out(&marker.repeat_text(phase)),
                     ReportFormat::Json => print_out(&format!("{}\n", marker.repeat_json())),
@@ -268,9 +273,11 @@ impl Run {
                 Ok(Turn::Done(EXIT_OK))
             }
             Ok(Claim::Busy) => {
-                print_out(&format!(
+                let text = format!(
                     "lifehook {phase}: DEADLINE reached while another delivery of this phase was still running; not run again\n"
-                ));
+                );
+                print_out(&text);
+                crate::logging::mirror_report(&text, true);
                 Ok(Turn::Done(EXIT_DEADLINE))
             }
             Err(e) => {

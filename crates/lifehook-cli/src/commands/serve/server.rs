@@ -330,9 +330,12 @@ async fn run_phase(runner: &Runner, path: &Path, phase: &lifehook_manifest::Phas
         ..RunOptions::default()
     };
     let report = runner.run(path, phase, &options).await;
+    let text = render::text(&report);
+    // The caller gets the report; the sidecar's log gets it too.
+    crate::logging::mirror_report(&text, false);
     Finished {
         status: report.status,
-        text: render::text(&report),
+        text,
         json: render::json(&report),
     }
 }
