@@ -416,9 +416,10 @@ fn container_hook_logs_reach_the_container_log_and_fall_back_quietly() {
     assert!(
         wait_until(Duration::from_secs(5), || {
             let logs = pod.logs();
-            logs.contains("lifehook: INFO")
-                && logs.contains("ok: POST")
-                && logs.contains("lifehook: pre-stop: ok")
+            let marked_info = logs.lines().any(|l| {
+                l.starts_with("lifehook: ") && l.contains("INFO") && l.contains("ok: POST")
+            });
+            marked_info && logs.contains("lifehook: pre-stop: ok")
         }),
         "the hook's log line and verdict are not in the container log:\n{}",
         pod.logs()
@@ -556,7 +557,11 @@ fn container_entrypoint_mode_runs_pre_stop_first() {
     assert!(logs.contains("pre-stop done: ok"), "{logs}");
     assert!(logs.contains("app exited with code 7"), "{logs}");
     // lifehook is PID 1: its info lines go to its own stdout, marked.
-    assert!(logs.contains("lifehook: INFO"), "{logs}");
+    assert!(
+        logs.lines()
+            .any(|l| l.starts_with("lifehook: ") && l.contains("INFO")),
+        "{logs}"
+    );
 }
 
 /// Scenario 7: A read-only root file system with the cache in the image: the hook

@@ -31,4 +31,5 @@ mod sample_lock;
 mod sample_notify;
 mod sample_state;
 mod serve;
+mod status;
 mod terminal;

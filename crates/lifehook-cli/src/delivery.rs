@@ -30,10 +30,13 @@ pub const STATE_DIR_ENV: &str = "LIFEHOOK_STATE_DIR";
 /// remember a delivery for, and a developer running a pipeline twice wants
 /// it run twice.
 pub fn state_dir(pipeline: &Pipeline) -> Option<PathBuf> {
-    pipeline
-        .state_dir
-        .clone()
-        .or_else(|| std::env::var_os(STATE_DIR_ENV).map(PathBuf::from))
+    pipeline.state_dir.clone().or_else(default_state_dir)
+}
+
+/// The state directory of a pipeline without `[state] dir`.
+pub fn default_state_dir() -> Option<PathBuf> {
+    std::env::var_os(STATE_DIR_ENV)
+        .map(PathBuf::from)
         .or_else(|| in_a_container().then(|| std::env::temp_dir().join("lifehook")))
 }
 
@@ -57,7 +60,9 @@ pub fn incarnation() -> Option<String> {
     Some(format!("{}:{start}", boot.trim()))
 }
 
-/// What a done-marker holds: the first run's report, in both forms.
+/// What a done-marker holds: the first run's report, in both forms. The
+/// record of a phase's last run (`.last`, kept for `lifehook status`,
+/// failed runs included) holds the same.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Marker {
     /// When the phase completed, in milliseconds since the Unix epoch.
@@ -68,6 +73,15 @@ pub struct Marker {
     pub text: String,
     /// The JSON report of that run.
     pub report: serde_json::Value,
+    /// The phase.
+    #[serde(default)]
+    pub phase: String,
+    /// The pipeline file, as an absolute path.
+    #[serde(default)]
+    pub pipeline: PathBuf,
+    /// Who ran it: `run`, `exec` or `serve`.
+    #[serde(default)]
+    pub by: String,
 }
 
 impl Marker {
@@ -94,7 +108,7 @@ impl Marker {
     }
 }
 
-fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis().try_into().unwrap_or(u64::MAX))
@@ -104,7 +118,10 @@ fn now_ms() -> u64 {
 pub struct Delivery {
     marker: PathBuf,
     lock: PathBuf,
+    last: PathBuf,
     incarnation: String,
+    phase: PhaseName,
+    pipeline: PathBuf,
 }
 
 /// What a delivery may do.
@@ -120,8 +137,7 @@ pub enum Claim {
 /// The lock of a delivery that runs the phase.
 pub struct Guard {
     _lock: File,
-    marker: PathBuf,
-    incarnation: String,
+    delivery: Delivery,
 }
 
 impl Delivery {
@@ -154,14 +170,38 @@ impl Delivery {
         Some(Delivery {
             marker: dir.join(format!("{stem}.done")),
             lock: dir.join(format!("{stem}.lock")),
+            last: dir.join(format!("{stem}.last")),
             incarnation,
+            phase,
+            pipeline: path,
         })
+    }
+
+    /// Records a run of the phase as its last (`by` is the subcommand that
+    /// ran it), for `lifehook status`.
+    pub fn record(&self, by: &str, text: String, report: serde_json::Value) {
+        let record = self.marker_of(by, text, report);
+        if let Err(e) = write_atomically(&self.last, &record) {
+            tracing::warn!("cannot record the run in {}: {e}", self.last.display());
+        }
+    }
+
+    fn marker_of(&self, by: &str, text: String, report: serde_json::Value) -> Marker {
+        Marker {
+            completed_at_ms: now_ms(),
+            incarnation: self.incarnation.clone(),
+            text,
+            report,
+            phase: self.phase.to_string(),
+            pipeline: self.pipeline.clone(),
+            by: by.to_owned(),
+        }
     }
 
     /// Takes this delivery's turn: waits (until `deadline`) for any other
     /// delivery of the same phase to finish, then finds its marker (unless
     /// `force`) or gets to run.
-    pub fn claim(&self, deadline: Instant, force: bool) -> std::io::Result<Claim> {
+    pub fn claim(self, deadline: Instant, force: bool) -> std::io::Result<Claim> {
         // A lock file made by another user (root at image build time, say)
         // is still lockable read-only.
         let lock = match File::options()
@@ -188,8 +228,7 @@ impl Delivery {
         }
         Ok(Claim::Run(Guard {
             _lock: lock,
-            marker: self.marker.clone(),
-            incarnation: self.incarnation.clone(),
+            delivery: self,
         }))
     }
 
@@ -201,22 +240,74 @@ impl Delivery {
 }
 
 impl Guard {
-    /// Records that the phase completed, with its reports. Written to a
-    /// temporary file and renamed, so a marker is whole or absent.
-    pub fn complete(self, text: String, report: serde_json::Value) {
-        let marker = Marker {
-            completed_at_ms: now_ms(),
-            incarnation: self.incarnation.clone(),
-            text,
-            report,
-        };
-        if let Err(e) = write_atomically(&self.marker, &marker) {
-            tracing::warn!(
-                "cannot record the done-marker {}: {e}; a repeated delivery will run the phase again",
-                self.marker.display()
-            );
+    /// Records the run as the phase's last and, when it succeeded
+    /// (`completed`), that the phase completed. Written to a temporary
+    /// file and renamed, so a marker is whole or absent.
+    pub fn finish(self, completed: bool, text: String, report: serde_json::Value) {
+        let d = &self.delivery;
+        if completed {
+            let marker = d.marker_of("run", text.clone(), report.clone());
+            if let Err(e) = write_atomically(&d.marker, &marker) {
+                tracing::warn!(
+                    "cannot record the done-marker {}: {e}; a repeated delivery will run the phase again",
+                    d.marker.display()
+                );
+            }
+        }
+        d.record("run", text, report);
+    }
+}
+
+/// Where `exec` and `serve`, which run phases without done-markers, record
+/// each phase's last run for `lifehook status`.
+pub struct Ledger(Vec<Delivery>);
+
+impl Ledger {
+    /// The ledger of `pipeline`'s phases (empty where runs cannot be
+    /// recorded, after the warning [`Delivery::new`] gives).
+    pub fn new(pipeline: &Pipeline) -> Ledger {
+        let contents = fs::read(&pipeline.path).unwrap_or_default();
+        Ledger(
+            [PhaseName::PostStart, PhaseName::PreStop]
+                .into_iter()
+                .filter(|&name| pipeline.phase(name).is_some())
+                .filter_map(|name| Delivery::new(pipeline, &contents, name))
+                .collect(),
+        )
+    }
+
+    /// Records a run of `phase` by `by`.
+    pub fn record(&self, phase: PhaseName, by: &str, text: &str, report: serde_json::Value) {
+        if let Some(d) = self.0.iter().find(|d| d.phase == phase) {
+            d.record(by, text.to_owned(), report);
         }
     }
+}
+
+/// The records in `dir` of this incarnation: last runs (`.last`) and
+/// completions (`.done`), each with its file name, newest first. Files that
+/// are not records are passed over.
+pub fn records(dir: &Path) -> std::io::Result<Vec<(String, Marker)>> {
+    let incarnation = incarnation();
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name.ends_with(".last") || name.ends_with(".done")) {
+            continue;
+        }
+        let Ok(bytes) = fs::read(entry.path()) else {
+            continue;
+        };
+        let Ok(marker) = serde_json::from_slice::<Marker>(&bytes) else {
+            continue;
+        };
+        if incarnation.as_deref() == Some(marker.incarnation.as_str()) {
+            found.push((name, marker));
+        }
+    }
+    found.sort_by(|a, b| b.1.completed_at_ms.cmp(&a.1.completed_at_ms));
+    Ok(found)
 }
 
 fn write_atomically(path: &Path, marker: &Marker) -> std::io::Result<()> {

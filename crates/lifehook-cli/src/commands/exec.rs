@@ -5,6 +5,7 @@
 
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -18,6 +19,7 @@ use tokio::task::JoinHandle;
 use super::Target;
 use super::run::parse_duration;
 use super::tokio_runtime;
+use crate::delivery::Ledger;
 use crate::exit::{EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND};
 use crate::output::print_err;
 use crate::render;
@@ -141,6 +143,7 @@ impl Exec {
         let phases = Phases {
             runner,
             pipeline: pipeline.path.clone(),
+            ledger: Arc::new(Ledger::new(pipeline)),
         };
         // The app may have ended already (a command that fails at once):
         // reaped before the loop so the first turn sees it.
@@ -353,6 +356,8 @@ async fn sleep_until(at: Option<Instant>) {
 struct Phases {
     runner: Runner,
     pipeline: PathBuf,
+    /// Each phase's last run, for `lifehook status`.
+    ledger: Arc<Ledger>,
 }
 
 impl Phases {
@@ -360,6 +365,7 @@ impl Phases {
     /// period, for pre-stop), and prints its report to stderr.
     fn start(&self, phase: &Phase, within: Option<Duration>) -> JoinHandle<PhaseReport> {
         let (runner, pipeline, phase) = (self.runner.clone(), self.pipeline.clone(), phase.clone());
+        let ledger = self.ledger.clone();
         let options = RunOptions {
             deadline: within.map(|w| phase.deadline.min(w)),
             started: Some(Instant::now()),
@@ -367,7 +373,9 @@ impl Phases {
         };
         tokio::spawn(async move {
             let report = runner.run(&pipeline, &phase, &options).await;
-            print_err(&render::text(&report));
+            let text = render::text(&report);
+            print_err(&text);
+            ledger.record(phase.name, "exec", &text, render::json_value(&report));
             report
         })
     }

@@ -11,6 +11,7 @@ mod pod;
 mod push;
 pub mod run;
 pub mod serve;
+mod status;
 
 use std::path::{Path, PathBuf};
 
@@ -66,6 +67,7 @@ pub enum Command {
     Install(install::Install),
     New(new::New),
     Push(push::Push),
+    Status(status::Status),
 }
 
 impl Command {
@@ -82,6 +84,7 @@ impl Command {
             Command::Install(c) => c.execute(),
             Command::New(c) => c.execute(),
             Command::Push(c) => c.execute(),
+            Command::Status(c) => c.execute(),
         }
     }
 }

@@ -234,10 +234,8 @@ impl Run {
         }
         crate::logging::mirror_report(&text, self.report == ReportFormat::Text);
         let code = crate::exit::exit_code(report.status);
-        if let Some(guard) = guard
-            && code == EXIT_OK
-        {
-            guard.complete(text, json);
+        if let Some(guard) = guard {
+            guard.finish(code == EXIT_OK, text, json);
         }
         // The process ends right after this: dropping the loaded plugins
         // would only unregister their machine code's unwind tables, which

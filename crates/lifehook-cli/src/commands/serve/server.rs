@@ -18,6 +18,7 @@ use lifehook_manifest::{PhaseName, Pipeline};
 use lifehook_runtime::{PhaseStatus, RunOptions, Runner};
 use tokio::sync::watch;
 
+use crate::delivery::Ledger;
 use crate::output::print_err;
 use crate::render;
 
@@ -40,6 +41,8 @@ pub(super) struct Server {
     runner: Runner,
     token: Option<Arc<[u8]>>,
     phases: Arc<Mutex<HashMap<PhaseName, PhaseRuns>>>,
+    /// Each phase's last run, for `lifehook status`.
+    ledger: Arc<Ledger>,
     /// Stopping (SIGTERM or SIGINT): runs in progress finish and their
     /// callers are answered, `/healthz` still answers, no new run starts.
     draining: AtomicBool,
@@ -61,6 +64,7 @@ enum Served {
 impl Server {
     pub(super) fn new(pipeline: Pipeline, runner: Runner, token: Option<Arc<[u8]>>) -> Server {
         Server {
+            ledger: Arc::new(Ledger::new(&pipeline)),
             pipeline,
             runner,
             token,
@@ -274,13 +278,14 @@ impl Server {
         let Some(p) = self.pipeline.phase(phase).cloned() else {
             return;
         };
-        let (runner, path, runs) = (
+        let (runner, path, runs, ledger) = (
             self.runner.clone(),
             self.pipeline.path.clone(),
             self.phases.clone(),
+            self.ledger.clone(),
         );
         tokio::spawn(async move {
-            let finished = Arc::new(run_phase(&runner, &path, &p).await);
+            let finished = Arc::new(run_phase(&runner, &path, &p, &ledger).await);
             {
                 let mut map = runs.lock().unwrap_or_else(PoisonError::into_inner);
                 let entry = map.entry(phase).or_default();
@@ -324,15 +329,21 @@ impl Server {
 /// One run of `phase`, rendered both ways at once: a joined or repeated
 /// trigger may ask for either, and rendering again per caller would cost
 /// each of a hundred concurrent callers the same work.
-async fn run_phase(runner: &Runner, path: &Path, phase: &lifehook_manifest::Phase) -> Finished {
+async fn run_phase(
+    runner: &Runner,
+    path: &Path,
+    phase: &lifehook_manifest::Phase,
+    ledger: &Ledger,
+) -> Finished {
     let options = RunOptions {
         started: Some(Instant::now()),
         ..RunOptions::default()
     };
     let report = runner.run(path, phase, &options).await;
     let text = render::text(&report);
-    // The caller gets the report; the sidecar's log gets it too.
+    // The caller gets the report; the sidecar's log and `status` too.
     crate::logging::mirror_report(&text, false);
+    ledger.record(phase.name, "serve", &text, render::json_value(&report));
     Finished {
         status: report.status,
         text,
