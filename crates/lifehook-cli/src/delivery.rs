@@ -306,7 +306,7 @@ pub fn records(dir: &Path) -> std::io::Result<Vec<(String, Marker)>> {
             found.push((name, marker));
         }
     }
-    found.sort_by(|a, b| b.1.completed_at_ms.cmp(&a.1.completed_at_ms));
+    found.sort_by_key(|(_, m)| std::cmp::Reverse(m.completed_at_ms));
     Ok(found)
 }
 
