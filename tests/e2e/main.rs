@@ -22,6 +22,7 @@ mod inject;
 mod install;
 mod limits;
 mod manifest_errors;
+mod metrics;
 mod output;
 mod pods;
 mod policy;

@@ -5,83 +5,11 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use crate::support::http::TestServer;
-use crate::support::{Sandbox, free_port, lifehook, send_signal, wait_for_exit, wait_until};
-
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Server {
-    fn start(s: &Sandbox, extra: &[&str]) -> Server {
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
-        let mut cmd = lifehook();
-        cmd.args(["serve", "--listen", &listen])
-            .args(extra)
-            .current_dir(s.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = cmd.spawn().expect("start lifehook serve");
-        let up = wait_until(Duration::from_secs(20), || {
-            TcpStream::connect(&listen).is_ok()
-        });
-        assert!(up, "lifehook serve did not listen on {listen}");
-        Server { child, port }
-    }
-
-    fn request(&self, raw: &str) -> Reply {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
-        stream.write_all(raw.as_bytes()).expect("send");
-        let mut text = String::new();
-        stream.read_to_string(&mut text).expect("read");
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        Reply {
-            status,
-            head: head.to_ascii_lowercase(),
-            body: body.to_owned(),
-        }
-    }
-
-    fn get(&self, path: &str, headers: &str) -> Reply {
-        self.request(&format!(
-            "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{headers}\r\n"
-        ))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            send_signal(self.child.id(), libc::SIGTERM);
-        }
-        let _ = self.child.wait();
-    }
-}
-
-struct Reply {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-impl Reply {
-    fn run_kind(&self) -> &str {
-        self.head
-            .lines()
-            .find_map(|l| l.strip_prefix("lifehook-run: "))
-            .unwrap_or("")
-    }
-}
+use crate::support::serve::{Reply, Server};
+use crate::support::{Sandbox, send_signal, wait_for_exit};
 
 fn notify_pipeline(server: &TestServer, path: &str) -> String {
     format!(

@@ -24,6 +24,17 @@ pub enum PhaseStatus {
     DeadlineReached,
 }
 
+impl PhaseStatus {
+    /// The name used in reports (as in the JSON report's `status`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PhaseStatus::Ok => "ok",
+            PhaseStatus::Aborted => "aborted",
+            PhaseStatus::DeadlineReached => "deadline-reached",
+        }
+    }
+}
+
 /// How a step ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]

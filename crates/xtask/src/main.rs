@@ -197,6 +197,7 @@ fn test(extra: &[String]) -> anyhow::Result<u8> {
         ("docker-registry", "docker-registry"),
         ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
         ("qemu-aarch64-static", "qemu-user-static"),
+        ("prometheus", "prometheus"),
     ])?;
     // The test suite builds the plugins itself (tests/artifacts/build.rs)
     // and starts its own servers on free loopback ports.

@@ -9,6 +9,7 @@ pub mod http;
 pub mod podman;
 pub mod redis;
 pub mod registry;
+pub mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

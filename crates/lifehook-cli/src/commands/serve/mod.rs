@@ -21,6 +21,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use lifehook_manifest::Pipeline;
 use lifehook_runtime::Runner;
 
+mod metrics;
 mod server;
 mod slots;
 
@@ -37,7 +38,8 @@ use crate::plugins::load_plugins;
 ///
 /// `GET` or `POST /pre-stop` and `/post-start` run that phase and answer
 /// when it ends: 200 with the report, or 500 with it (`Accept:
-/// application/json` for JSON). `/healthz` answers 200. A trigger while the
+/// application/json` for JSON). `/healthz` answers 200. `GET /metrics`
+/// answers the Prometheus (OpenMetrics) text of what it ran. A trigger while the
 /// phase runs joins that run; a trigger after it completed returns the
 /// earlier report unless `?force=1`. A trigger takes no body (413).
 ///
@@ -84,6 +86,11 @@ pub struct Serve {
     /// keep a trigger out); one that sends nothing for 5 s is disconnected.
     #[arg(long, value_name = "N", default_value_t = 256)]
     max_connections: usize,
+
+    /// Answer `GET /metrics` without the token (for a scraper that cannot
+    /// send one). Without it, /metrics needs the token as triggers do.
+    #[arg(long)]
+    metrics_public: bool,
 }
 
 /// The longest a client may take to send its request headers.
@@ -169,7 +176,7 @@ impl Serve {
                 "loopback only, no token"
             }
         ));
-        let server = Arc::new(Server::new(pipeline, runner, token));
+        let server = Arc::new(Server::new(pipeline, runner, token, self.metrics_public));
         let slots = Slots::new(self.max_connections.max(1));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {

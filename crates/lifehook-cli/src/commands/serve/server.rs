@@ -18,6 +18,7 @@ use lifehook_manifest::{PhaseName, Pipeline};
 use lifehook_runtime::{PhaseStatus, RunOptions, Runner};
 use tokio::sync::watch;
 
+use super::metrics::{self, Metrics, TriggerKind};
 use crate::delivery::Ledger;
 use crate::output::print_err;
 use crate::render;
@@ -43,6 +44,9 @@ pub(super) struct Server {
     phases: Arc<Mutex<HashMap<PhaseName, PhaseRuns>>>,
     /// Each phase's last run, for `lifehook status`.
     ledger: Arc<Ledger>,
+    metrics: Arc<Metrics>,
+    /// `/metrics` answers without the token.
+    metrics_public: bool,
     /// Stopping (SIGTERM or SIGINT): runs in progress finish and their
     /// callers are answered, `/healthz` still answers, no new run starts.
     draining: AtomicBool,
@@ -62,9 +66,16 @@ enum Served {
 }
 
 impl Server {
-    pub(super) fn new(pipeline: Pipeline, runner: Runner, token: Option<Arc<[u8]>>) -> Server {
+    pub(super) fn new(
+        pipeline: Pipeline,
+        runner: Runner,
+        token: Option<Arc<[u8]>>,
+        metrics_public: bool,
+    ) -> Server {
         Server {
             ledger: Arc::new(Ledger::new(&pipeline)),
+            metrics: Arc::new(Metrics::new()),
+            metrics_public,
             pipeline,
             runner,
             token,
@@ -93,6 +104,9 @@ impl Server {
             };
             return respond(StatusCode::OK, "text/plain", body.into());
         }
+        if path == "/metrics" {
+            return self.scrape(&req, peer);
+        }
         let phase = match path {
             "/pre-stop" => PhaseName::PreStop,
             "/post-start" => PhaseName::PostStart,
@@ -100,7 +114,7 @@ impl Server {
                 return respond(
                     StatusCode::NOT_FOUND,
                     "text/plain",
-                    "not found: use /pre-stop, /post-start or /healthz\n".into(),
+                    "not found: use /pre-stop, /post-start, /healthz or /metrics\n".into(),
                 );
             }
         };
@@ -116,6 +130,7 @@ impl Server {
         }
         if !self.authorized(&req) {
             tracing::warn!("refused a trigger of {phase} from {peer}: missing or wrong token");
+            self.metrics.trigger(phase, TriggerKind::Unauthorized);
             let mut r = respond(
                 StatusCode::UNAUTHORIZED,
                 "text/plain",
@@ -163,6 +178,13 @@ impl Server {
             if force { " (force)" } else { "" }
         );
         let (finished, served) = self.trigger(phase, force).await;
+        let kind = match served {
+            Served::New => TriggerKind::Ran,
+            Served::Joined => TriggerKind::Joined,
+            Served::Repeat(_) => TriggerKind::Repeat,
+            Served::Refused => TriggerKind::Refused,
+        };
+        self.metrics.trigger(phase, kind);
         if let Served::Refused = served {
             return respond(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -218,6 +240,33 @@ impl Server {
         r.headers_mut()
             .insert("lifehook-run", HeaderValue::from_static(how));
         r
+    }
+
+    /// `GET /metrics`: the token is needed as for triggers, unless
+    /// `--metrics-public`.
+    fn scrape(&self, req: &Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+        if *req.method() != Method::GET {
+            let mut r = respond(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "use GET\n".into(),
+            );
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET"));
+            return r;
+        }
+        if !self.metrics_public && !self.authorized(req) {
+            tracing::warn!("refused a scrape of /metrics from {peer}: missing or wrong token");
+            let mut r = respond(
+                StatusCode::UNAUTHORIZED,
+                "text/plain",
+                "a valid `Authorization: Bearer <token>` header is required (or serve with --metrics-public)\n".into(),
+            );
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+        respond(StatusCode::OK, metrics::CONTENT_TYPE, self.metrics.encode())
     }
 
     /// Constant-time comparison of the bearer token, when one is set: a
@@ -278,14 +327,14 @@ impl Server {
         let Some(p) = self.pipeline.phase(phase).cloned() else {
             return;
         };
-        let (runner, path, runs, ledger) = (
+        let (runner, path, runs) = (
             self.runner.clone(),
             self.pipeline.path.clone(),
             self.phases.clone(),
-            self.ledger.clone(),
         );
+        let books = (self.ledger.clone(), self.metrics.clone());
         tokio::spawn(async move {
-            let finished = Arc::new(run_phase(&runner, &path, &p, &ledger).await);
+            let finished = Arc::new(run_phase(&runner, &path, &p, &books).await);
             {
                 let mut map = runs.lock().unwrap_or_else(PoisonError::into_inner);
                 let entry = map.entry(phase).or_default();
@@ -333,7 +382,7 @@ async fn run_phase(
     runner: &Runner,
     path: &Path,
     phase: &lifehook_manifest::Phase,
-    ledger: &Ledger,
+    (ledger, metrics): &(Arc<Ledger>, Arc<Metrics>),
 ) -> Finished {
     let options = RunOptions {
         started: Some(Instant::now()),
@@ -344,6 +393,7 @@ async fn run_phase(
     // The caller gets the report; the sidecar's log and `status` too.
     crate::logging::mirror_report(&text, false);
     ledger.record(phase.name, "serve", &text, render::json_value(&report));
+    metrics.phase_ran(&report);
     Finished {
         status: report.status,
         text,
