@@ -15,6 +15,7 @@ mod output;
 mod plugins;
 mod render;
 mod supervisor;
+mod telemetry;
 
 // See Cargo.toml: musl's own allocator costs start-up time and makes
 // compiling plugins 2-3x slower.

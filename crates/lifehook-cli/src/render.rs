@@ -160,6 +160,8 @@ mod tests {
             cut_by_deadline: false,
             started: Some(Duration::from_millis(3)),
             waited_for: waited_for.iter().map(|s| s.to_string()).collect(),
+            plugin_hash: None,
+            attempt_log: vec![],
         }
     }
 
@@ -177,6 +179,7 @@ mod tests {
                 step("notify", Outcome::Ok, &[]),
                 step("lock", Outcome::Failed, &["notify"]),
             ],
+            started_at: std::time::SystemTime::UNIX_EPOCH,
         }
     }
 

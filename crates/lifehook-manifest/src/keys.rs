@@ -15,7 +15,7 @@ use toml::de::{DeTable, DeValue};
 use crate::diagnostic::Diagnostic;
 use crate::schema::{
     RawAllow, RawDefaults, RawDirTable, RawOci, RawPhase, RawPipeline, RawRetries, RawState,
-    RawStep,
+    RawStep, RawTelemetry,
 };
 
 /// The field names serde's derive gave struct `T`, read by asking `T` to
@@ -86,6 +86,7 @@ enum Table {
     Defaults,
     State,
     Oci,
+    Telemetry,
     Phase(&'static str),
     Step(&'static str),
     Retries,
@@ -101,6 +102,7 @@ impl Table {
             Table::Defaults => fields_of::<RawDefaults>(),
             Table::State => fields_of::<RawState>(),
             Table::Oci => fields_of::<RawOci>(),
+            Table::Telemetry => fields_of::<RawTelemetry>(),
             Table::Phase(_) => fields_of::<RawPhase>(),
             Table::Step(_) => fields_of::<RawStep>(),
             Table::Retries => fields_of::<RawRetries>(),
@@ -116,6 +118,7 @@ impl Table {
             Table::Defaults => "in [defaults]".into(),
             Table::State => "in [state]".into(),
             Table::Oci => "in [oci]".into(),
+            Table::Telemetry => "in [telemetry]".into(),
             Table::Phase(p) => format!("in [{p}]"),
             Table::Step(p) => format!("in a step of [{p}]"),
             Table::Retries => "in `retries`".into(),
@@ -130,6 +133,7 @@ impl Table {
             (Table::Top, "defaults") => Child::Table(Table::Defaults),
             (Table::Top, "state") => Child::Table(Table::State),
             (Table::Top, "oci") => Child::Table(Table::Oci),
+            (Table::Top, "telemetry") => Child::Table(Table::Telemetry),
             (Table::Top, "pre-stop") => Child::Table(Table::Phase("pre-stop")),
             (Table::Top, "post-start") => Child::Table(Table::Phase("post-start")),
             (Table::Phase(p), "steps") => Child::Array(Table::Step(p)),

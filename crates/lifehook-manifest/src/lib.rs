@@ -50,6 +50,7 @@ pub use diagnostic::{Diagnostic, Diagnostics, Severity, render_problems};
 pub use grant::{DirGrant, GrantError, HttpGrant, Scheme, TcpGrant};
 pub use pipeline::{
     Action, Edges, Grants, Limits, Phase, PhaseName, Pipeline, RetryPolicy, SleepAction, Step,
+    Telemetry,
 };
 pub use schema::{Access, OnFailure};
 pub use source::{OciReference, PluginRef, PluginSource, PullPolicy};

@@ -79,10 +79,82 @@ pub struct Pipeline {
     pub state_dir: Option<PathBuf>,
     /// `[oci] insecure-registries`: reached over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// `[telemetry]`, as the file sets it (the `OTEL_*` variables fill in
+    /// the rest when the run starts).
+    pub telemetry: Telemetry,
     /// Budget findings: the file is valid, but its time budget does not fit
     /// (errors: `check` fails, `run` warns) or may not fit (warnings).
     #[serde(skip)]
     pub findings: Vec<Diagnostic>,
+}
+
+/// The `[telemetry]` table, checked: endpoints are `http://` URLs.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Telemetry {
+    /// The OTLP/HTTP base address.
+    pub endpoint: Option<String>,
+    /// The traces URL, whole.
+    pub traces_endpoint: Option<String>,
+    /// The metrics URL, whole.
+    pub metrics_endpoint: Option<String>,
+    /// Headers of every export (not shown: they may carry keys).
+    #[serde(skip)]
+    pub headers: Vec<(String, String)>,
+    /// `service.name`.
+    pub service_name: Option<String>,
+    /// Put `traceparent` on the steps' outgoing requests.
+    pub propagate: Option<bool>,
+    /// Export at all.
+    pub enabled: Option<bool>,
+}
+
+impl Telemetry {
+    /// Why `url` is no OTLP/HTTP endpoint lifehook can send to, if it is
+    /// not: it must be `http://host[:port][/path]`.
+    pub fn check_endpoint(url: &str) -> Result<(), String> {
+        let Some(rest) = url.strip_prefix("http://") else {
+            return Err(if url.starts_with("https://") {
+                "uses https, which lifehook does not export over yet: use the collector's plain-HTTP port (4318) on the pod network or a node-local agent".into()
+            } else {
+                "is not an http:// URL".into()
+            });
+        };
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let (host, port) = match authority.strip_prefix('[') {
+            Some(v6) => match v6.split_once(']') {
+                Some((host, after)) => (host, after.strip_prefix(':')),
+                None => return Err("has an unclosed `[` in its host".into()),
+            },
+            None => match authority.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            },
+        };
+        if let Some(port) = port
+            && port.parse::<u16>().is_err()
+        {
+            return Err(format!("has a bad port {port:?}"));
+        }
+        if host.is_empty() || authority.contains('@') {
+            return Err("names no host (or carries credentials: use headers)".into());
+        }
+        Ok(())
+    }
+
+    /// Why `name: value` cannot be sent as a header, if it cannot.
+    pub fn check_header(name: &str, value: &str) -> Result<(), String> {
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err("is not a header name".into());
+        }
+        if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+            return Err("has a line break in its value".into());
+        }
+        Ok(())
+    }
 }
 
 impl Pipeline {

@@ -31,6 +31,12 @@ pub struct RawPipeline {
     /// Example: `[oci]` then `insecure-registries = ["127.0.0.1:5000"]`
     #[serde(default)]
     pub oci: RawOci,
+    /// Where traces and metrics of each run go (OTLP over HTTP), on top of
+    /// the standard `OTEL_*` variables.
+    ///
+    /// Example: `[telemetry]` then `endpoint = "http://otel-collector:4318"`
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
     /// The steps run before the container stops.
     ///
     /// Example: `[pre-stop]` then `deadline = "20s"`
@@ -51,6 +57,44 @@ pub struct RawOci {
     /// Example: `insecure-registries = ["127.0.0.1:5000"]`
     #[serde(default)]
     pub insecure_registries: Vec<Spanned<String>>,
+}
+
+/// The `[telemetry]` table. What it sets wins over the `OTEL_*`
+/// variables, except `OTEL_SDK_DISABLED=true`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawTelemetry {
+    /// The collector's OTLP/HTTP address; `/v1/traces` and `/v1/metrics`
+    /// are added to it.
+    ///
+    /// Example: `endpoint = "http://otel-collector.observability:4318"`
+    pub endpoint: Option<Spanned<String>>,
+    /// Where traces go, as a whole URL (beats `endpoint`).
+    ///
+    /// Example: `traces-endpoint = "http://tempo:4318/v1/traces"`
+    pub traces_endpoint: Option<Spanned<String>>,
+    /// Where metrics go, as a whole URL (beats `endpoint`).
+    ///
+    /// Example: `metrics-endpoint = "http://mimir:4318/v1/metrics"`
+    pub metrics_endpoint: Option<Spanned<String>>,
+    /// Headers sent with every export (an API key, a tenant).
+    ///
+    /// Example: `headers = { x-scope-orgid = "team-a" }`
+    #[serde(default)]
+    pub headers: BTreeMap<String, Spanned<String>>,
+    /// The `service.name` of the resource (default `lifehook`).
+    ///
+    /// Example: `service-name = "checkout-hooks"`
+    pub service_name: Option<Spanned<String>>,
+    /// Put a W3C `traceparent` on the steps' outgoing HTTP requests, so the
+    /// services they call join the trace (default true).
+    ///
+    /// Example: `propagate = false`
+    pub propagate: Option<bool>,
+    /// Export at all (default true when an endpoint is set).
+    ///
+    /// Example: `enabled = false`
+    pub enabled: Option<bool>,
 }
 
 /// The `[state]` table.

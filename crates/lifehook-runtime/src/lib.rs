@@ -43,6 +43,7 @@ mod sandbox;
 mod scheduler;
 mod selection;
 mod step;
+pub mod trace;
 
 #[cfg(feature = "oci")]
 pub use load::oci;
@@ -53,6 +54,6 @@ pub use engine::{Arch, EPOCH_TICK, Host, HostError};
 pub use load::cache::{ArtifactCache, CompileError, Compiled, finish_cache_writes};
 pub use load::loader::LoadResult;
 pub use load::plugin::{CodeSource, LoadError, Plugin, PluginKind};
-pub use report::{Outcome, PhaseReport, PhaseStatus, StepReport};
+pub use report::{AttemptLog, Outcome, PhaseReport, PhaseStatus, StepReport};
 pub use runner::{RunOptions, Runner};
 pub use selection::{Exclusion, Selection};

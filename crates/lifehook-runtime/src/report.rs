@@ -126,6 +126,28 @@ pub struct StepReport {
     pub started: Option<Duration>,
     /// The steps it waited for before starting.
     pub waited_for: Vec<String>,
+    /// The xxh3-128 of the plugin file, once loaded (hex).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plugin_hash: Option<String>,
+    /// Each attempt, for traces (not in the JSON report: `attempts` and
+    /// the step's outcome say what a reader needs).
+    #[serde(skip)]
+    pub attempt_log: Vec<AttemptLog>,
+}
+
+/// One attempt of a step.
+#[derive(Debug, Clone)]
+pub struct AttemptLog {
+    /// When it started.
+    pub started: std::time::SystemTime,
+    /// How long it ran.
+    pub duration: Duration,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The plugin's summary, or why it did not succeed.
+    pub message: String,
+    /// Fuel it consumed, when known.
+    pub fuel: Option<u64>,
 }
 
 /// The result of running one phase.
@@ -152,6 +174,9 @@ pub struct PhaseReport {
     pub status: PhaseStatus,
     /// Every step in pipeline order.
     pub steps: Vec<StepReport>,
+    /// When the phase started (its deadline's start), by the wall clock.
+    #[serde(skip)]
+    pub started_at: std::time::SystemTime,
 }
 
 impl PhaseReport {
@@ -207,6 +232,8 @@ mod tests {
             cut_by_deadline: false,
             started: Some(Duration::from_millis(3)),
             waited_for: vec![],
+            plugin_hash: None,
+            attempt_log: vec![],
         }
     }
 
@@ -221,6 +248,7 @@ mod tests {
             aborted_by: aborted_by.map(Into::into),
             status: PhaseStatus::Ok,
             steps,
+            started_at: std::time::SystemTime::UNIX_EPOCH,
         }
         .finish()
     }

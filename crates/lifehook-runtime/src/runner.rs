@@ -44,6 +44,9 @@ pub struct RunOptions {
     /// When the deadline started (the process start, for a hook: the
     /// grace period counts the runner's own start-up too). Now by default.
     pub started: Option<Instant>,
+    /// The trace the run belongs to: the steps' outgoing HTTP requests
+    /// carry their span's `traceparent` when it says to propagate.
+    pub trace: Option<crate::trace::TraceContext>,
 }
 
 /// Runs phases with one engine and the plugins it loaded. Cheap to clone.
@@ -143,11 +146,16 @@ impl Runner {
                             }
                         };
                         let (loader, name) = (self.loader.clone(), phase.name);
+                        let traceparent = options
+                            .trace
+                            .filter(|t| t.propagate)
+                            .map(|t| t.traceparent(t.step_span(&step.name)));
                         let offset = now.saturating_duration_since(started);
                         let span = tracing::info_span!("hook", step = %step.name);
                         let handle = set.spawn(
                             async move {
-                                let mut report = step::run(&loader, name, &step, allotment).await;
+                                let mut report =
+                                    step::run(&loader, name, &step, allotment, traceparent).await;
                                 report.started = Some(offset);
                                 (i, report)
                             }
@@ -229,6 +237,9 @@ impl Runner {
             aborted_by: schedule.aborted_by().map(str::to_owned),
             status: PhaseStatus::Ok,
             steps,
+            started_at: std::time::SystemTime::now()
+                .checked_sub(started.elapsed())
+                .unwrap_or(std::time::UNIX_EPOCH),
         }
         .finish()
     }

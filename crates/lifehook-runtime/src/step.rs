@@ -66,6 +66,8 @@ pub(crate) fn not_run(step: &Step, outcome: Outcome, message: String) -> StepRep
         started: None,
         // Filled in by the runner, which has the phase's graph.
         waited_for: Vec::new(),
+        plugin_hash: None,
+        attempt_log: Vec::new(),
     }
 }
 
@@ -76,9 +78,10 @@ pub(crate) async fn run(
     phase: PhaseName,
     step: &Step,
     limit: Allotment,
+    traceparent: Option<String>,
 ) -> StepReport {
     match step.plugin() {
-        Some(plugin) => run_plugin(loader, phase, step, plugin, limit).await,
+        Some(plugin) => run_plugin(loader, phase, step, plugin, limit, traceparent).await,
         None => sleep(step, limit).await,
     }
 }
@@ -178,6 +181,7 @@ async fn run_plugin(
     step: &Step,
     plugin_ref: &PluginRef,
     limit: Allotment,
+    traceparent: Option<String>,
 ) -> StepReport {
     let started = Instant::now();
     // Shared by every attempt: quotas count over all of them, and the
@@ -190,6 +194,7 @@ async fn run_plugin(
             step.limits.max_http as usize,
         ),
         output: OutputCapture::new(step.limits.output),
+        traceparent: traceparent.and_then(|t| http::HeaderValue::from_str(&t).ok()),
     };
     let mut report = not_run(step, Outcome::Failed, String::new());
 
@@ -223,6 +228,7 @@ async fn run_plugin(
     report.kind = Some(plugin.kind);
     report.code = Some(plugin.source);
     report.load_time = Some(plugin.load_time);
+    report.plugin_hash = Some(format!("{:032x}", plugin.hash));
     tracing::debug!(
         "plugin {} ready ({:?}, {:?}); step started {:?} ago",
         plugin_ref,
@@ -240,6 +246,7 @@ async fn run_plugin(
         // Each attempt has the full timeout, bounded by the phase's deadline
         // for this step; the first also by the load, which came out of it.
         let attempt_start = Instant::now();
+        let attempt_wall = std::time::SystemTime::now();
         let deadline = (attempt_start + step.limits.timeout).min(limit.until);
         let deadline = if attempt == 1 {
             deadline.min(first_deadline)
@@ -261,6 +268,13 @@ async fn run_plugin(
         let result = attempt::run(&plugin, step, &invocation, deadline, &record).await;
         record.output.flush();
         report.attempts = attempt;
+        report.attempt_log.push(crate::report::AttemptLog {
+            started: attempt_wall,
+            duration: attempt_start.elapsed(),
+            outcome: result.outcome,
+            message: result.message.clone(),
+            fuel: result.fuel,
+        });
         fuel_total = fuel_total
             .zip(result.fuel)
             .map(|(a, b)| a.saturating_add(b));

@@ -14,6 +14,7 @@ use crate::output::{print_out, print_problems};
 use crate::plugins::load_plugins;
 use crate::render;
 use crate::render::plan::{describe_phase, dry_run_json};
+use crate::telemetry::Telemetry;
 
 /// Run one phase of the pipeline and print its report.
 ///
@@ -193,9 +194,10 @@ impl Run {
         }
         let started = crate::STARTED.get().copied().unwrap_or_else(Instant::now);
         let deadline = started + self.deadline.unwrap_or(phase.deadline);
+        let telemetry = Telemetry::new(&pipeline, None);
         // Only a run of the whole phase counts as its delivery.
         let guard = match (self.dry_run, selection.is_everything()) {
-            (false, true) => match self.claim(&pipeline, phase_name, deadline)? {
+            (false, true) => match self.claim(&pipeline, phase_name, deadline, &telemetry)? {
                 Turn::Run(guard) => guard,
                 Turn::Done(code) => return Ok(code),
             },
@@ -216,13 +218,10 @@ impl Run {
             exclusion_words: Some(render::exclusion),
             deadline: self.deadline,
             started: Some(started),
+            trace: telemetry.trace(),
         };
         let runtime = tokio_runtime()?;
         let report = runtime.block_on(runner.run(&pipeline.path, phase, &options));
-        // Not waiting for the blocking threads: a compile for a step that
-        // was skipped may still be running, and even idle ones took ~10 ms
-        // here to wake up and exit. The process ends right after the report.
-        runtime.shutdown_background();
         let text = render::text(&report);
         let json = render::json_value(&report);
         match self.report {
@@ -237,6 +236,13 @@ impl Run {
         if let Some(guard) = guard {
             guard.finish(code == EXIT_OK, text, json);
         }
+        if telemetry.enabled() {
+            runtime.block_on(telemetry.export(&report, "run", false, deadline));
+        }
+        // Not waiting for the blocking threads: a compile for a step that
+        // was skipped may still be running, and even idle ones took ~10 ms
+        // here to wake up and exit. The process ends right after the report.
+        runtime.shutdown_background();
         // The process ends right after this: dropping the loaded plugins
         // would only unregister their machine code's unwind tables, which
         // the static (musl) build's unwinder does one entry at a time,
@@ -252,6 +258,7 @@ impl Run {
         pipeline: &Pipeline,
         phase: PhaseName,
         deadline: Instant,
+        telemetry: &Telemetry,
     ) -> anyhow::Result<Turn> {
         let contents = std::fs::read(&pipeline.path).unwrap_or_default();
         let Some(delivery) = Delivery::new(pipeline, &contents, phase) else {
@@ -267,6 +274,14 @@ impl Run {
                 match self.report {
                     ReportFormat::Text => print_out(&marker.repeat_text(phase)),
                     ReportFormat::Json => print_out(&format!("{}\n", marker.repeat_json())),
+                }
+                if telemetry.enabled() {
+                    let length = self
+                        .deadline
+                        .or_else(|| pipeline.phase(phase).map(|p| p.deadline))
+                        .unwrap_or_default();
+                    let report = crate::telemetry::repeat_report(pipeline, phase, length);
+                    tokio_runtime()?.block_on(telemetry.export(&report, "run", true, deadline));
                 }
                 Ok(Turn::Done(EXIT_OK))
             }

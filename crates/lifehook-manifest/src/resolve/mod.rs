@@ -21,6 +21,7 @@ mod grants;
 mod graph;
 mod limits;
 mod sources;
+mod telemetry;
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -97,6 +98,7 @@ pub(crate) fn resolve(
         .and_then(|d| r.text(d))
         .map(|d| normalize(&r.base_dir.join(d)));
     let insecure_registries = r.insecure_registries(&raw.oci.insecure_registries);
+    let telemetry = r.telemetry(&raw.telemetry);
     let mut phases = Vec::new();
     for (name, raw_phase) in [
         (PhaseName::PreStop, raw.pre_stop),
@@ -116,6 +118,7 @@ pub(crate) fn resolve(
             phases,
             state_dir,
             insecure_registries,
+            telemetry,
             findings: r.findings,
         })
     } else {

@@ -56,6 +56,8 @@ pub struct Plugin {
     pub source: CodeSource,
     /// Time spent compiling or loading it.
     pub load_time: Duration,
+    /// The xxh3-128 of its file (what names its artifacts).
+    pub hash: u128,
     pub(crate) pre: Pre,
     /// The engine its code belongs to (its stores are made from it).
     pub(crate) engine: wasmtime::Engine,
@@ -187,7 +189,8 @@ impl Plugin {
         })?;
         let rt = rt.for_run_time_compile();
         let component = compile(rt, path, &bytes, true)?;
-        Self::prepare(rt, path, component, CodeSource::Compiled, started)
+        let hash = xxhash_rust::xxh3::xxh3_128(&bytes);
+        Self::prepare(rt, path, component, hash, CodeSource::Compiled, started)
     }
 
     /// Classifies `component` by its exports and pre-instantiates it.
@@ -195,6 +198,7 @@ impl Plugin {
         rt: &Host,
         path: &Path,
         component: Component,
+        hash: u128,
         source: CodeSource,
         started: Instant,
     ) -> Result<Plugin, LoadError> {
@@ -228,6 +232,7 @@ impl Plugin {
             kind,
             source,
             load_time: started.elapsed(),
+            hash,
             pre,
             engine: rt.engine.clone(),
             baseline: rt.is_baseline,

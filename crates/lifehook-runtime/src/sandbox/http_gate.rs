@@ -24,6 +24,9 @@ pub(crate) struct HttpGate {
     pub(crate) caps: StepQuotas,
     /// Requests sent whose connection has not ended yet.
     pub(crate) in_flight: Arc<AtomicUsize>,
+    /// The step's span as a W3C `traceparent`, added to every request
+    /// that does not carry one of its own.
+    pub(crate) traceparent: Option<http::HeaderValue>,
 }
 
 /// Counts one request in flight until dropped (when its connection ends,
@@ -44,7 +47,7 @@ type SendResult = wasmtime_wasi_http::Result<(
 impl WasiHttpHooks for HttpGate {
     fn send_request(
         &mut self,
-        request: http::Request<WasiBody>,
+        mut request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
@@ -92,6 +95,13 @@ impl WasiHttpHooks for HttpGate {
             return Box::new(async { Err(wasmtime_wasi_http::Error::ConnectionLimitReached) });
         }
         let in_flight = InFlight(self.in_flight.clone());
+        if let Some(traceparent) = &self.traceparent
+            && !request.headers().contains_key("traceparent")
+        {
+            request
+                .headers_mut()
+                .insert("traceparent", traceparent.clone());
+        }
         let left = self.deadline.saturating_duration_since(Instant::now());
         let cap = |t: Option<Duration>| Some(t.map_or(left, |t| t.min(left)));
         let options = RequestOptions {

@@ -33,6 +33,8 @@ pub(crate) struct StepRecord {
     pub(crate) denials: Denials,
     pub(crate) caps: StepQuotas,
     pub(crate) output: OutputCapture,
+    /// The step's span, put on its outgoing HTTP requests.
+    pub(crate) traceparent: Option<http::HeaderValue>,
 }
 
 /// The store data of one attempt: every host interface the plugin can call
@@ -175,6 +177,7 @@ impl StepState {
                 denials: denials.clone(),
                 caps: caps.clone(),
                 in_flight: Default::default(),
+                traceparent: record.traceparent.clone(),
             },
             caps,
             file_streams: FileStreams::default(),

@@ -50,7 +50,14 @@ impl ArtifactCache {
                     "loaded the baseline artifact {} an earlier run left; `lifehook compile` makes an optimised one",
                     cached.display()
                 );
-                return Plugin::prepare(baseline, plugin, component, CodeSource::Cached, started);
+                return Plugin::prepare(
+                    baseline,
+                    plugin,
+                    component,
+                    plugin_hash,
+                    CodeSource::Cached,
+                    started,
+                );
             }
             Ok(None) => {}
             Err(why) => tracing::warn!(
@@ -63,6 +70,7 @@ impl ArtifactCache {
             baseline,
             plugin,
             component.clone(),
+            plugin_hash,
             CodeSource::Compiled,
             started,
         )?;

@@ -135,7 +135,14 @@ impl ArtifactCache {
         match load_artifact(rt, &artifact, plugin_hash) {
             Ok(Some(component)) => {
                 tracing::debug!("loaded precompiled {}", artifact.display());
-                return Plugin::prepare(rt, plugin, component, CodeSource::Precompiled, started);
+                return Plugin::prepare(
+                    rt,
+                    plugin,
+                    component,
+                    plugin_hash,
+                    CodeSource::Precompiled,
+                    started,
+                );
             }
             Ok(None) => tracing::info!(
                 "no precompiled artifact for {} in {}; compiling it now",
@@ -152,7 +159,14 @@ impl ArtifactCache {
             return self.load_baseline(baseline, plugin, &bytes, plugin_hash, started);
         }
         let component = plugin::compile(rt, plugin, &bytes, true)?;
-        Plugin::prepare(rt, plugin, component, CodeSource::Compiled, started)
+        Plugin::prepare(
+            rt,
+            plugin,
+            component,
+            plugin_hash,
+            CodeSource::Compiled,
+            started,
+        )
     }
 
     /// Loads `plugin` from its artifact if a usable one exists; `None`
@@ -169,6 +183,7 @@ impl ArtifactCache {
             rt,
             plugin,
             component,
+            plugin_hash,
             CodeSource::Precompiled,
             started,
         ))
@@ -187,6 +202,7 @@ impl ArtifactCache {
                 compiler,
                 plugin,
                 component.clone(),
+                plugin_hash,
                 CodeSource::Compiled,
                 started,
             )?;
@@ -198,8 +214,14 @@ impl ArtifactCache {
             // the other architecture's code.
             let checker = compiler.for_run_time_compile();
             let component = plugin::compile(checker, plugin, &bytes, false)?;
-            let checked =
-                Plugin::prepare(checker, plugin, component, CodeSource::Compiled, started)?;
+            let checked = Plugin::prepare(
+                checker,
+                plugin,
+                component,
+                plugin_hash,
+                CodeSource::Compiled,
+                started,
+            )?;
             (checked.kind, compiler.engine.precompile_component(&bytes))
         };
         let code = code.map_err(|e| LoadError::Invalid {
