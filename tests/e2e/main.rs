@@ -33,4 +33,5 @@ mod sample_notify;
 mod sample_state;
 mod serve;
 mod status;
+mod telemetry;
 mod terminal;

@@ -230,6 +230,10 @@ fn test(extra: &[String]) -> anyhow::Result<u8> {
         .env("LIFEHOOK_JS_NOTIFY", &notify_js)
         .env("LIFEHOOK_COMPONENTIZE_PY", &tools.componentize_py)
         .env("LIFEHOOK_COMPONENTIZE_JS", &tools.componentize_js))?;
+    // OpenTelemetry exports, decoded by a receiver on the official
+    // protobuf definitions (PyPI opentelemetry-proto, pinned, under target/).
+    let otlp_python = install_otlp_receiver()?;
+    ignored_e2e_test("otlp_", "LIFEHOOK_OTLP_PYTHON", &otlp_python)?;
     // The plugins' own unit tests (RESP parsing, snapshot paths, durations)
     // run on the host.
     run(cargo()
@@ -266,6 +270,21 @@ struct LanguageTools {
 }
 
 const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
+const OPENTELEMETRY_PROTO: &str = "opentelemetry-proto==1.45.0";
+
+/// A Python with `opentelemetry-proto`, for tests/otlp/receiver.py,
+/// installed once under target/.
+fn install_otlp_receiver() -> anyhow::Result<PathBuf> {
+    let venv = root().join("target/otlp-venv");
+    let python = venv.join("bin/python");
+    let marker = venv.join(OPENTELEMETRY_PROTO);
+    if !marker.is_file() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", OPENTELEMETRY_PROTO]))?;
+        std::fs::write(&marker, "")?;
+    }
+    Ok(python)
+}
 const COMPONENTIZE_JS: &str = "@bytecodealliance/componentize-js@0.23.0";
 
 fn install_language_tools() -> anyhow::Result<LanguageTools> {

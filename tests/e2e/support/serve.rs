@@ -2,7 +2,7 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use super::{Sandbox, free_port, lifehook, send_signal, wait_until};
@@ -16,6 +16,11 @@ pub struct Server {
 
 impl Server {
     pub fn start(s: &Sandbox, extra: &[&str]) -> Server {
+        Server::start_with(s, extra, |_| {})
+    }
+
+    /// Like [`Server::start`], after letting `setup` adjust the command.
+    pub fn start_with(s: &Sandbox, extra: &[&str], setup: impl FnOnce(&mut Command)) -> Server {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let mut cmd = lifehook();
@@ -24,6 +29,7 @@ impl Server {
             .current_dir(s.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        setup(&mut cmd);
         let child = cmd.spawn().expect("start lifehook serve");
         let up = wait_until(Duration::from_secs(20), || {
             TcpStream::connect(&listen).is_ok()

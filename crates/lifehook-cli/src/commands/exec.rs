@@ -24,6 +24,7 @@ use crate::exit::{EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND};
 use crate::output::print_err;
 use crate::render;
 use crate::supervisor::{App, Ended, become_subreaper, signal_name};
+use crate::telemetry::Telemetry;
 
 /// Run an application under lifehook: post-start alongside it, pre-stop on
 /// SIGTERM/SIGINT before the signal reaches it, SIGKILL when the grace
@@ -144,6 +145,8 @@ impl Exec {
             runner,
             pipeline: pipeline.path.clone(),
             ledger: Arc::new(Ledger::new(pipeline)),
+            config: Arc::new(pipeline.clone()),
+            exports: Arc::default(),
         };
         // The app may have ended already (a command that fails at once):
         // reaped before the loop so the first turn sees it.
@@ -232,6 +235,7 @@ impl Exec {
         } else {
             code
         };
+        s.phases.finish_exports().await;
         // The process ends next: not unregistering the plugins' machine code
         // saves the static build's quadratic unwinder teardown (see `run`).
         std::mem::forget(s);
@@ -358,24 +362,54 @@ struct Phases {
     pipeline: PathBuf,
     /// Each phase's last run, for `lifehook status`.
     ledger: Arc<Ledger>,
+    /// The pipeline as loaded (its `[telemetry]`).
+    config: Arc<Pipeline>,
+    /// Telemetry exports under way.
+    exports: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
 }
 
 impl Phases {
+    /// Waits for the telemetry exports under way (each bounds itself).
+    async fn finish_exports(&self) {
+        let exports = std::mem::take(
+            &mut *self
+                .exports
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for export in exports {
+            let _ = tokio::time::timeout(crate::telemetry::BOUND, export).await;
+        }
+    }
+
     /// Runs `phase` from now, its deadline clipped to `within` (the grace
     /// period, for pre-stop), and prints its report to stderr.
     fn start(&self, phase: &Phase, within: Option<Duration>) -> JoinHandle<PhaseReport> {
         let (runner, pipeline, phase) = (self.runner.clone(), self.pipeline.clone(), phase.clone());
         let ledger = self.ledger.clone();
+        let telemetry = Telemetry::new(&self.config, None);
+        let exports = self.exports.clone();
         let options = RunOptions {
             deadline: within.map(|w| phase.deadline.min(w)),
             started: Some(Instant::now()),
+            trace: telemetry.trace(),
             ..RunOptions::default()
         };
+        let deadline = Instant::now() + options.deadline.unwrap_or(phase.deadline);
         tokio::spawn(async move {
             let report = runner.run(&pipeline, &phase, &options).await;
             let text = render::text(&report);
             print_err(&text);
             ledger.record(phase.name, "exec", &text, render::json_value(&report));
+            // Not awaited here: the application's stop signal must not
+            // wait for a collector. `finish_exports` waits at the end.
+            let export = report.clone();
+            exports
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(tokio::spawn(async move {
+                    telemetry.export(&export, "exec", false, deadline).await;
+                }));
             report
         })
     }

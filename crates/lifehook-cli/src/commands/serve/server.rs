@@ -15,13 +15,14 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use lifehook_manifest::{PhaseName, Pipeline};
-use lifehook_runtime::{PhaseStatus, RunOptions, Runner};
+use lifehook_runtime::{PhaseReport, PhaseStatus, RunOptions, Runner};
 use tokio::sync::watch;
 
 use super::metrics::{self, Metrics, TriggerKind};
 use crate::delivery::Ledger;
 use crate::output::print_err;
 use crate::render;
+use crate::telemetry::Telemetry;
 
 /// What a finished run answers with.
 struct Finished {
@@ -177,7 +178,13 @@ impl Server {
             "trigger of {phase} from {peer}{}",
             if force { " (force)" } else { "" }
         );
-        let (finished, served) = self.trigger(phase, force).await;
+        // A trigger's trace context, continued by the run it starts.
+        let parent = req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let (finished, served) = self.trigger(phase, force, parent.as_deref()).await;
         let kind = match served {
             Served::New => TriggerKind::Ran,
             Served::Joined => TriggerKind::Joined,
@@ -292,7 +299,12 @@ impl Server {
     }
 
     /// Starts `phase`, joins its run, or returns its earlier success.
-    async fn trigger(&self, phase: PhaseName, force: bool) -> (Option<Arc<Finished>>, Served) {
+    async fn trigger(
+        &self,
+        phase: PhaseName,
+        force: bool,
+        parent: Option<&str>,
+    ) -> (Option<Arc<Finished>>, Served) {
         let (mut rx, served) = {
             let mut runs = self.runs();
             let runs = runs.entry(phase).or_default();
@@ -307,7 +319,7 @@ impl Server {
                 _ => {
                     let (tx, rx) = watch::channel(None);
                     runs.running = Some(rx.clone());
-                    self.start(phase, tx);
+                    self.start(phase, tx, parent);
                     (rx, Served::New)
                 }
             }
@@ -323,10 +335,16 @@ impl Server {
     /// Runs `phase` in a task of its own and publishes its result. Only a
     /// success is kept as `completed`: a failed phase runs again at the
     /// next trigger, which is what a retried hook wants.
-    fn start(&self, phase: PhaseName, tx: watch::Sender<Option<Arc<Finished>>>) {
+    fn start(
+        &self,
+        phase: PhaseName,
+        tx: watch::Sender<Option<Arc<Finished>>>,
+        parent: Option<&str>,
+    ) {
         let Some(p) = self.pipeline.phase(phase).cloned() else {
             return;
         };
+        let telemetry = Telemetry::new(&self.pipeline, parent);
         let (runner, path, runs) = (
             self.runner.clone(),
             self.pipeline.path.clone(),
@@ -334,7 +352,8 @@ impl Server {
         );
         let books = (self.ledger.clone(), self.metrics.clone());
         tokio::spawn(async move {
-            let finished = Arc::new(run_phase(&runner, &path, &p, &books).await);
+            let (finished, report) = run_phase(&runner, &path, &p, &books, &telemetry).await;
+            let finished = Arc::new(finished);
             {
                 let mut map = runs.lock().unwrap_or_else(PoisonError::into_inner);
                 let entry = map.entry(phase).or_default();
@@ -344,6 +363,9 @@ impl Server {
                 }
             }
             let _ = tx.send(Some(finished));
+            // After the callers have their answer.
+            let bound = Instant::now() + crate::telemetry::BOUND;
+            telemetry.export(&report, "serve", false, bound).await;
         });
     }
 
@@ -383,9 +405,11 @@ async fn run_phase(
     path: &Path,
     phase: &lifehook_manifest::Phase,
     (ledger, metrics): &(Arc<Ledger>, Arc<Metrics>),
-) -> Finished {
+    telemetry: &Telemetry,
+) -> (Finished, PhaseReport) {
     let options = RunOptions {
         started: Some(Instant::now()),
+        trace: telemetry.trace(),
         ..RunOptions::default()
     };
     let report = runner.run(path, phase, &options).await;
@@ -394,11 +418,12 @@ async fn run_phase(
     crate::logging::mirror_report(&text, false);
     ledger.record(phase.name, "serve", &text, render::json_value(&report));
     metrics.phase_ran(&report);
-    Finished {
+    let finished = Finished {
         status: report.status,
         text,
         json: render::json(&report),
-    }
+    };
+    (finished, report)
 }
 
 /// A response with `body` as `kind` (the connection closes after it:
