@@ -45,10 +45,19 @@ impl Telemetry {
         let propagate = pipeline.telemetry.propagate.unwrap_or(true)
             && pipeline.telemetry.enabled != Some(false)
             && (config.as_ref().is_some_and(|c| c.traces.is_some()) || continued);
-        Telemetry {
-            trace: TraceContext::new(parent, propagate),
-            config,
-        }
+        // Ids are drawn only when something will carry them: a run that
+        // exports nothing does not even read /dev/urandom.
+        let trace = if config.is_some() || propagate {
+            TraceContext::new(parent, propagate)
+        } else {
+            TraceContext {
+                trace_id: [0; 16],
+                span_id: [0; 8],
+                parent_id: None,
+                propagate: false,
+            }
+        };
+        Telemetry { trace, config }
     }
 
     /// The trace context the runner puts on the steps' requests.
