@@ -207,8 +207,8 @@ fn otlp_run_exports_the_span_tree_resource_and_metrics() {
         Some("false")
     );
     assert_eq!(
-        attr(&phase["attributes"], "lifehook.deadline_ms").is_some(),
-        true
+        attr(&phase["attributes"], "lifehook.deadline_ms").as_deref(),
+        Some("20000")
     );
     for s in &spans {
         assert_eq!(s["traceId"], trace_id.as_str(), "one trace: {s}");

@@ -120,26 +120,12 @@ impl Server {
             }
         };
         if !matches!(*req.method(), Method::GET | Method::POST) {
-            let mut r = respond(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "text/plain",
-                "use GET or POST\n".into(),
-            );
-            r.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
-            return r;
+            return method_not_allowed("GET, POST");
         }
         if !self.authorized(&req) {
             tracing::warn!("refused a trigger of {phase} from {peer}: missing or wrong token");
             self.metrics.trigger(phase, TriggerKind::Unauthorized);
-            let mut r = respond(
-                StatusCode::UNAUTHORIZED,
-                "text/plain",
-                "a valid `Authorization: Bearer <token>` header is required\n".into(),
-            );
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return r;
+            return unauthorized("");
         }
         // A trigger takes no body: any length but 0, or a chunked one, is
         // refused before a byte of it is read.
@@ -253,25 +239,11 @@ impl Server {
     /// `--metrics-public`.
     fn scrape(&self, req: &Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
         if *req.method() != Method::GET {
-            let mut r = respond(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "text/plain",
-                "use GET\n".into(),
-            );
-            r.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET"));
-            return r;
+            return method_not_allowed("GET");
         }
         if !self.metrics_public && !self.authorized(req) {
             tracing::warn!("refused a scrape of /metrics from {peer}: missing or wrong token");
-            let mut r = respond(
-                StatusCode::UNAUTHORIZED,
-                "text/plain",
-                "a valid `Authorization: Bearer <token>` header is required (or serve with --metrics-public)\n".into(),
-            );
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return r;
+            return unauthorized(" (or serve with --metrics-public)");
         }
         respond(StatusCode::OK, metrics::CONTENT_TYPE, self.metrics.encode())
     }
@@ -424,6 +396,30 @@ async fn run_phase(
         json: render::json(&report),
     };
     (finished, report)
+}
+
+/// 405, naming the methods `allow`ed.
+fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
+    let mut r = respond(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "text/plain",
+        format!("use {}\n", allow.replace(", ", " or ")),
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+/// 401 asking for the bearer token (`more` adds to the message).
+fn unauthorized(more: &str) -> Response<Full<Bytes>> {
+    let mut r = respond(
+        StatusCode::UNAUTHORIZED,
+        "text/plain",
+        format!("a valid `Authorization: Bearer <token>` header is required{more}\n"),
+    );
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
 }
 
 /// A response with `body` as `kind` (the connection closes after it:
