@@ -199,3 +199,19 @@ fn the_log_file_gets_marked_log_lines_the_report_and_errors() {
     assert_eq!(run.code, 1);
     assert_eq!(std::fs::read_to_string(&log).expect("log").len(), before);
 }
+
+/// lifehook as a container's main process: the log file's default is its
+/// own stdout, where `run` prints its report; no log line may enter it.
+#[test]
+fn a_log_file_that_is_stdout_keeps_the_report_clean() {
+    let s = Sandbox::new();
+    s.pipeline(
+        "[[pre-stop.steps]]\nname = \"quick\"\nplugin = \"@hook\"\nconfig = { mode = \"log\" }\n",
+    );
+    let run = s.lifehook_with(&["run", "--report", "json"], |c| {
+        c.env(crate::support::LOG_FILE, "/proc/self/fd/1");
+    });
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.report()["status"], "ok", "{}", run.stdout);
+    assert!(!run.stdout.contains("lifehook: "), "{}", run.stdout);
+}

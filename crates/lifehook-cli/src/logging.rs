@@ -73,8 +73,11 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber.
-pub fn init(args: &LogArgs) {
+/// Installs the global subscriber. `stdout_is_output`: the command prints
+/// its result on stdout (a report, JSON), which log lines must not enter
+/// when the log file turns out to be that same stdout (lifehook as a
+/// container's main process running `run --report json`).
+pub fn init(args: &LogArgs, stdout_is_output: bool) {
     let terminal = std::io::stderr().is_terminal();
     let default = match args.verbose {
         0 if terminal => LevelFilter::INFO,
@@ -117,7 +120,8 @@ pub fn init(args: &LogArgs) {
     };
     let mirror = args
         .mirror_path()
-        .and_then(|path| Mirror::open(&path, args.log_format));
+        .and_then(|path| Mirror::open(&path, args.log_format))
+        .filter(|m| !(m.is_stdout && stdout_is_output));
     let mirror_layer = mirror.map(|mirror| {
         let _ = MIRROR.set(MirrorState {
             is_stdout: mirror.is_stdout,

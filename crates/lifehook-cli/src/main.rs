@@ -37,7 +37,7 @@ fn main() {
     output::reopen_closed_stdio();
     disable_huge_pages();
     let cli = Cli::parse();
-    logging::init(&cli.log);
+    logging::init(&cli.log, cli.command.prints_to_stdout());
     let code = match cli.command.execute() {
         Ok(code) => code,
         Err(e) => {

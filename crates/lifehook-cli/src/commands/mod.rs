@@ -71,6 +71,13 @@ pub enum Command {
 }
 
 impl Command {
+    /// Whether stdout is the command's own output (a report, a listing):
+    /// every command but `exec` and `serve`, whose stdout is free for log
+    /// lines when they are a container's main process.
+    pub fn prints_to_stdout(&self) -> bool {
+        !matches!(self, Command::Exec(_) | Command::Serve(_))
+    }
+
     /// Runs the subcommand; returns the process exit code.
     pub fn execute(self) -> anyhow::Result<i32> {
         match self {
