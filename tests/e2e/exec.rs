@@ -414,3 +414,70 @@ fn a_command_that_cannot_start_exits_127_or_126() {
     let dir = s.dir.path().to_string_lossy().into_owned();
     assert_eq!(s.lifehook(&["exec", "--", &dir]).code, 126);
 }
+
+/// `--stop-signal`: after pre-stop the app gets that signal, not the one
+/// lifehook received; `--map-exit FROM:TO` turns an exit code into another.
+#[test]
+fn the_app_gets_its_stop_signal_and_exit_codes_can_be_mapped() {
+    let s = Sandbox::new();
+    s.pipeline("[pre-stop]\n[[pre-stop.steps]]\nname = \"wait\"\nsleep = \"50ms\"\n");
+    // test-app records signals and ignores SIGQUIT: SIGKILL ends it.
+    let app = Exec::start(&s, &["--stop-signal", "quit", "--grace-period", "2s"], &[]);
+    app.signal(libc::SIGTERM);
+    let events = app.events.clone();
+    let ended = app.wait();
+    let seen = app_events(&events);
+    assert!(seen.contains(&"SIGQUIT".to_string()), "{seen:?}");
+    assert!(!seen.contains(&"SIGTERM".to_string()), "{seen:?}");
+    assert!(
+        ended
+            .stderr
+            .contains("SIGQUIT sent to the app (--stop-signal, for SIGTERM)"),
+        "{}",
+        ended.stderr
+    );
+    assert_eq!(ended.code, 137, "{}", ended.stderr);
+
+    // A process without a handler dies of the stop signal (128 + 3);
+    // mapped, its code is the mapped one.
+    for (extra, code) in [(None, 131), (Some("131:0"), 0)] {
+        let mut cmd = lifehook();
+        cmd.args(["exec", "--stop-signal", "SIGQUIT"]);
+        if let Some(map) = extra {
+            cmd.args(["--map-exit", map]);
+        }
+        cmd.args(["--", "sleep", "30"])
+            .current_dir(s.dir.path())
+            .stderr(Stdio::piped());
+        let child = cmd.spawn().expect("start");
+        std::thread::sleep(Duration::from_millis(300));
+        send_signal(child.id(), libc::SIGTERM);
+        let out = child.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{stderr}");
+        if code == 0 {
+            assert!(
+                stderr.contains("exit code 131 mapped to 0 (--map-exit 131:0)"),
+                "{stderr}"
+            );
+        }
+    }
+    let mapped = Exec::start(
+        &s,
+        &["--map-exit", "3:0", "--map-exit", "4:1"],
+        &["--exit-on-term", "3"],
+    );
+    mapped.signal(libc::SIGTERM);
+    assert_eq!(mapped.wait().code, 0);
+
+    for (flag, value, why) in [
+        ("--stop-signal", "BOGUS", "is not a signal"),
+        ("--stop-signal", "99", "is not a signal number"),
+        ("--map-exit", "143", "is not FROM:TO"),
+        ("--map-exit", "1:300", "is not an exit code"),
+    ] {
+        let run = s.lifehook(&["exec", flag, value, "--", "true"]);
+        assert_eq!(run.code, 2, "{flag} {value}");
+        assert!(run.stderr.contains(why), "{flag} {value}: {}", run.stderr);
+    }
+}

@@ -207,19 +207,33 @@ impl App {
 
 /// `SIGTERM` for 15, and so on.
 pub fn signal_name(signal: i32) -> String {
-    let name = match signal {
-        1 => "SIGHUP",
-        2 => "SIGINT",
-        3 => "SIGQUIT",
-        9 => "SIGKILL",
-        10 => "SIGUSR1",
-        12 => "SIGUSR2",
-        15 => "SIGTERM",
-        28 => "SIGWINCH",
-        _ => return format!("signal {signal}"),
-    };
-    name.to_owned()
+    SIGNALS.iter().find(|(_, n)| *n == signal).map_or_else(
+        || format!("signal {signal}"),
+        |(name, _)| format!("SIG{name}"),
+    )
 }
+
+/// The signal called `name` (without `SIG`, upper case).
+pub fn signal_by_name(name: &str) -> Option<i32> {
+    SIGNALS.iter().find(|(n, _)| *n == name).map(|&(_, s)| s)
+}
+
+/// The signals lifehook names, by the platform's numbers.
+const SIGNALS: [(&str, i32); 13] = [
+    ("HUP", libc::SIGHUP),
+    ("INT", libc::SIGINT),
+    ("QUIT", libc::SIGQUIT),
+    ("KILL", libc::SIGKILL),
+    ("USR1", libc::SIGUSR1),
+    ("USR2", libc::SIGUSR2),
+    ("TERM", libc::SIGTERM),
+    ("WINCH", libc::SIGWINCH),
+    ("ALRM", libc::SIGALRM),
+    ("CONT", libc::SIGCONT),
+    ("STOP", libc::SIGSTOP),
+    ("PWR", libc::SIGPWR),
+    ("PIPE", libc::SIGPIPE),
+];
 
 #[cfg(test)]
 mod tests {

@@ -48,6 +48,8 @@ use crate::telemetry::Telemetry;
 Examples:
   lifehook exec -- ./server --port 8080
   lifehook exec -f /etc/lifehook/lifehook.toml --grace-period 45s -- /app
+  lifehook exec --stop-signal QUIT -- nginx -g 'daemon off;'   # nginx stops gracefully on SIGQUIT
+  lifehook exec --map-exit 143:0 -- java -jar app.jar           # a JVM's 143 after SIGTERM is a clean stop
 
 As a container's entrypoint (PID 1, reaping zombies):
   ENTRYPOINT [\"/lifehook\", \"exec\", \"-f\", \"/etc/lifehook/lifehook.toml\", \"--\"]
@@ -73,6 +75,17 @@ pub struct Exec {
     /// Run pre-stop also when the application exits on its own.
     #[arg(long)]
     pre_stop_on_exit: bool,
+
+    /// The signal the application gets after pre-stop, instead of the one
+    /// lifehook received (a name like QUIT or SIGQUIT, or a number): nginx
+    /// and php-fpm stop gracefully on SIGQUIT.
+    #[arg(long, value_name = "SIGNAL", value_parser = parse_signal)]
+    stop_signal: Option<i32>,
+
+    /// Exit with TO when the application exits with FROM (repeatable), like
+    /// `--map-exit 143:0` for a JVM that exits 143 after SIGTERM.
+    #[arg(long, value_name = "FROM:TO", value_parser = parse_exit_map)]
+    map_exit: Vec<(i32, i32)>,
 
     /// The application and its arguments, after `--`.
     #[arg(required = true, last = true, value_name = "COMMAND")]
@@ -155,6 +168,7 @@ impl Exec {
         // beside the container's entrypoint, not before it).
         let mut s = Supervision {
             grace: self.grace_period,
+            stop_signal: self.stop_signal,
             pipeline,
             post_start: pipeline
                 .phase(PhaseName::PostStart)
@@ -228,13 +242,22 @@ impl Exec {
         }
         // Orphans that ended with the app.
         let _ = s.app.reap();
-        print_err(&s.timeline.render());
         let code = s.ended.map_or(1, Ended::code);
+        let code = match self.map_exit.iter().find(|(from, _)| *from == code) {
+            Some(&(from, to)) => {
+                s.timeline.event(format!(
+                    "exit code {from} mapped to {to} (--map-exit {from}:{to})"
+                ));
+                to
+            }
+            None => code,
+        };
         let code = if s.post_start_failed && code == 0 {
             1
         } else {
             code
         };
+        print_err(&s.timeline.render());
         s.phases.finish_exports().await;
         // The process ends next: not unregistering the plugins' machine code
         // saves the static build's quadratic unwinder teardown (see `run`).
@@ -246,6 +269,8 @@ impl Exec {
 /// The state of one supervised application.
 struct Supervision<'a> {
     grace: Duration,
+    /// `--stop-signal`: what the app gets after pre-stop.
+    stop_signal: Option<i32>,
     pipeline: &'a Pipeline,
     phases: Phases,
     app: App,
@@ -309,10 +334,19 @@ impl Supervision<'_> {
 
     /// Sends the stop signal on and sets the SIGKILL for what is left of
     /// the grace period, and at least [`MIN_DRAIN`].
-    fn forward_stop(&mut self, sig: i32, grace_end: Instant) {
+    fn forward_stop(&mut self, received: i32, grace_end: Instant) {
+        let sig = self.stop_signal.unwrap_or(received);
         self.app.signal_group(sig);
-        self.timeline
-            .event(format!("{} forwarded to the app", signal_name(sig)));
+        if sig == received {
+            self.timeline
+                .event(format!("{} forwarded to the app", signal_name(sig)));
+        } else {
+            self.timeline.event(format!(
+                "{} sent to the app (--stop-signal, for {})",
+                signal_name(sig),
+                signal_name(received)
+            ));
+        }
         self.kill_at = Some(grace_end.max(Instant::now() + MIN_DRAIN));
     }
 
@@ -322,6 +356,37 @@ impl Supervision<'_> {
             self.timeline.event(format!("post-start abandoned: {why}"));
         }
     }
+}
+
+/// `--stop-signal`'s parser: a name (`QUIT`, `SIGQUIT`, any case) or a
+/// number.
+fn parse_signal(text: &str) -> Result<i32, String> {
+    let upper = text.trim().to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    if let Ok(n) = name.parse::<i32>() {
+        return if (1..=64).contains(&n) {
+            Ok(n)
+        } else {
+            Err(format!("{n} is not a signal number (1-64)"))
+        };
+    }
+    crate::supervisor::signal_by_name(name).ok_or_else(|| {
+        format!("{text:?} is not a signal: use a name like TERM, QUIT, INT, HUP, USR1, USR2, WINCH or a number")
+    })
+}
+
+/// `--map-exit`'s parser: `FROM:TO`, each 0-255.
+fn parse_exit_map(text: &str) -> Result<(i32, i32), String> {
+    let code = |t: &str| {
+        t.trim()
+            .parse::<u8>()
+            .map(i32::from)
+            .map_err(|_| format!("{t:?} is not an exit code (0-255)"))
+    };
+    let (from, to) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?} is not FROM:TO, like 143:0"))?;
+    Ok((code(from)?, code(to)?))
 }
 
 /// The exit code for a command that cannot start, as shells give it: 127
