@@ -13,6 +13,7 @@ mod container;
 mod crash;
 mod cross;
 mod delivery;
+mod drain;
 mod exec;
 mod grants;
 mod graph;

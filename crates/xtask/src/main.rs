@@ -247,6 +247,8 @@ fn test(extra: &[String]) -> anyhow::Result<u8> {
             "lifehook-sdk",
             "-p",
             "release-lock",
+            "-p",
+            "drain-connections",
         ])
         .env("CARGO_TARGET_DIR", root().join("target/plugins-host")))?;
     Ok(0)

@@ -55,7 +55,7 @@ impl Sandbox {
     }
 
     /// Writes `lifehook.toml` after expanding the placeholders `@hook`,
-    /// `@command`, `@other`, `@notify`, `@save`, `@restore`, `@lock` (plugin
+    /// `@command`, `@other`, `@notify`, `@save`, `@restore`, `@lock`, `@drain` (plugin
     /// paths) and `@dir` (the sandbox directory).
     pub fn pipeline(&self, toml: &str) -> PathBuf {
         let text = expand(toml, self.dir.path());
@@ -93,6 +93,7 @@ pub fn expand(toml: &str, dir: &Path) -> String {
         .replace("@save", plugins::SAVE_STATE)
         .replace("@restore", plugins::RESTORE_STATE)
         .replace("@lock", plugins::RELEASE_LOCK)
+        .replace("@drain", plugins::DRAIN_CONNECTIONS)
         .replace("@dir", &dir.to_string_lossy())
 }
 
