@@ -13,6 +13,7 @@ mod exit;
 mod logging;
 mod output;
 mod plugins;
+mod readiness;
 mod render;
 mod supervisor;
 mod telemetry;

@@ -21,7 +21,17 @@ impl Server {
 
     /// Like [`Server::start`], after letting `setup` adjust the command.
     pub fn start_with(s: &Sandbox, extra: &[&str], setup: impl FnOnce(&mut Command)) -> Server {
-        let port = free_port();
+        Server::start_at(s, free_port(), extra, setup)
+    }
+
+    /// Like [`Server::start_with`], on `port` (a pipeline that calls the
+    /// server itself needs it before the server starts).
+    pub fn start_at(
+        s: &Sandbox,
+        port: u16,
+        extra: &[&str],
+        setup: impl FnOnce(&mut Command),
+    ) -> Server {
         let listen = format!("127.0.0.1:{port}");
         let mut cmd = lifehook();
         cmd.args(["serve", "--listen", &listen])

@@ -18,10 +18,12 @@ use tokio::task::JoinHandle;
 
 use super::Target;
 use super::run::parse_duration;
+use super::serve::Probe;
 use super::tokio_runtime;
 use crate::delivery::Ledger;
 use crate::exit::{EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND};
 use crate::output::print_err;
+use crate::readiness::Readiness;
 use crate::render;
 use crate::supervisor::{App, Ended, become_subreaper, signal_name};
 use crate::telemetry::Telemetry;
@@ -87,6 +89,27 @@ pub struct Exec {
     #[arg(long, value_name = "FROM:TO", value_parser = parse_exit_map)]
     map_exit: Vec<(i32, i32)>,
 
+    /// Serve `GET /readyz` here, for a readinessProbe or a load balancer:
+    /// 200 while the app runs (once post-start has ended), 503 from the
+    /// moment the stop signal arrives, before pre-stop starts. A bare port
+    /// listens on loopback; any other address needs --token-file or
+    /// --token-env, and /readyz then needs `Authorization: Bearer <token>`.
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
+    ready_listen: Option<std::net::SocketAddr>,
+
+    /// A file holding the token /readyz requests must carry.
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "ready_listen",
+        conflicts_with = "token_env"
+    )]
+    token_file: Option<PathBuf>,
+
+    /// An environment variable holding the token /readyz requests must carry.
+    #[arg(long, value_name = "NAME", requires = "ready_listen")]
+    token_env: Option<String>,
+
     /// The application and its arguments, after `--`.
     #[arg(required = true, last = true, value_name = "COMMAND")]
     command: Vec<OsString>,
@@ -98,15 +121,31 @@ const MIN_DRAIN: Duration = Duration::from_secs(2);
 
 impl Exec {
     pub fn execute(self) -> anyhow::Result<i32> {
+        let token =
+            super::serve::load_token(self.token_file.as_deref(), self.token_env.as_deref())?;
+        if let Some(addr) = self.ready_listen
+            && token.is_none()
+            && !addr.ip().is_loopback()
+        {
+            return Err(super::UsageError(format!(
+                "refusing to serve /readyz on {addr} without a token: pass --token-file or --token-env (the probe sends it in httpGet.httpHeaders), or listen on loopback"
+            ))
+            .into());
+        }
         let pipeline = lifehook_manifest::load(&self.target.pipeline.file, None)?;
         let runner = self.target.runner(&pipeline)?;
         let runtime = tokio_runtime()?;
-        let code = runtime.block_on(self.supervise(&pipeline, runner))?;
+        let code = runtime.block_on(self.supervise(&pipeline, runner, token))?;
         runtime.shutdown_background();
         Ok(code)
     }
 
-    async fn supervise(&self, pipeline: &Pipeline, runner: Runner) -> anyhow::Result<i32> {
+    async fn supervise(
+        &self,
+        pipeline: &Pipeline,
+        runner: Runner,
+        token: Option<Arc<[u8]>>,
+    ) -> anyhow::Result<i32> {
         let mut timeline = Timeline::new();
         // Orphans of the application's own children are re-parented to
         // lifehook rather than to init (when lifehook is not PID 1 itself),
@@ -134,6 +173,22 @@ impl Exec {
                     }
                 }
             });
+        }
+        // Not ready until post-start has ended, as Kubernetes counts it.
+        let readiness = Arc::new(match pipeline.phase(PhaseName::PostStart) {
+            Some(_) => Readiness::starting("post-start running"),
+            None => Readiness::ready(),
+        });
+        if let Some(addr) = self.ready_listen {
+            use anyhow::Context as _;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot serve /readyz on {addr}"))?;
+            let probe = Arc::new(Probe {
+                readiness: readiness.clone(),
+                token,
+            });
+            tokio::spawn(super::serve::serve_forever(listener, probe, 64));
         }
         let app = match App::start(&self.command) {
             Ok(app) => app,
@@ -169,6 +224,7 @@ impl Exec {
         let mut s = Supervision {
             grace: self.grace_period,
             stop_signal: self.stop_signal,
+            readiness,
             pipeline,
             post_start: pipeline
                 .phase(PhaseName::PostStart)
@@ -217,6 +273,9 @@ impl Exec {
                     s.post_start = None;
                     if let Some(report) = joined {
                         s.timeline.phase_done(&report);
+                        if report.status == PhaseStatus::Ok {
+                            s.readiness.started();
+                        }
                         if report.status != PhaseStatus::Ok && s.stop.is_none() && s.ended.is_none() {
                             s.post_start_failed = true;
                             s.timeline.event("post-start failed: stopping the app, as the kubelet does".into());
@@ -228,6 +287,7 @@ impl Exec {
                     s.pre_stop = None;
                     if let Some(report) = joined {
                         s.timeline.phase_done(&report);
+                        s.readiness.stopping(format!("pre-stop ended: {}", report.status.as_str()));
                     }
                     if let (None, Some((sig, grace_end))) = (s.ended, s.stop) {
                         s.forward_stop(sig, grace_end);
@@ -269,6 +329,8 @@ impl Exec {
 /// The state of one supervised application.
 struct Supervision<'a> {
     grace: Duration,
+    /// What `/readyz` answers.
+    readiness: Arc<Readiness>,
     /// `--stop-signal`: what the app gets after pre-stop.
     stop_signal: Option<i32>,
     pipeline: &'a Pipeline,
@@ -292,6 +354,8 @@ impl Supervision<'_> {
             libc::SIGCHLD => {
                 if let Some(how) = self.app.reap() {
                     self.timeline.event(format!("app {}", how.describe()));
+                    self.readiness
+                        .stopping(format!("the app {}", how.describe()));
                     self.ended = Some(how);
                 }
             }
@@ -316,6 +380,9 @@ impl Supervision<'_> {
     /// Stopping, asked by a signal or a failed post-start: pre-stop first,
     /// or the signal at once when there is no pre-stop.
     fn begin_stop(&mut self, sig: i32) {
+        // First of all: traffic stops before the drain.
+        self.readiness
+            .stopping(format!("{} received: stopping", signal_name(sig)));
         let grace_end = Instant::now() + self.grace;
         self.stop = Some((sig, grace_end));
         self.abandon_post_start("stopping");
@@ -373,6 +440,15 @@ fn parse_signal(text: &str) -> Result<i32, String> {
     crate::supervisor::signal_by_name(name).ok_or_else(|| {
         format!("{text:?} is not a signal: use a name like TERM, QUIT, INT, HUP, USR1, USR2, WINCH or a number")
     })
+}
+
+/// `--ready-listen`'s parser: an address, or a bare port on loopback.
+fn parse_listen(text: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    text.parse()
+        .map_err(|_| format!("{text:?} is not an address like 0.0.0.0:8081 or a port"))
 }
 
 /// `--map-exit`'s parser: `FROM:TO`, each 0-255.

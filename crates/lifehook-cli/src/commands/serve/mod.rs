@@ -22,8 +22,11 @@ use lifehook_manifest::Pipeline;
 use lifehook_runtime::Runner;
 
 mod metrics;
+mod probe;
 mod server;
 mod slots;
+
+pub(crate) use probe::Probe;
 
 use server::{Server, respond};
 use slots::{Slot, Slots};
@@ -135,21 +138,7 @@ impl Serve {
     }
 
     fn token(&self) -> anyhow::Result<Option<Arc<[u8]>>> {
-        let token = match (&self.token_file, &self.token_env) {
-            (Some(path), _) => std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the token file {}", path.display()))?,
-            (None, Some(name)) => std::env::var(name)
-                .map_err(|_| UsageError(format!("--token-env names {name}, which is not set")))?,
-            (None, None) => return Ok(None),
-        };
-        let token = token.trim();
-        if token.len() < 16 {
-            return Err(UsageError(
-                "the token must be at least 16 characters (a random one: `head -c 24 /dev/urandom | base64`)".into(),
-            )
-            .into());
-        }
-        Ok(Some(token.as_bytes().into()))
+        load_token(self.token_file.as_deref(), self.token_env.as_deref())
     }
 
     async fn serve(
@@ -215,11 +204,68 @@ impl Serve {
     }
 }
 
+/// What answers the requests of a connection: `serve`'s server, or
+/// `exec`'s readiness probe.
+pub(crate) trait Handler: Send + Sync + 'static {
+    /// The answer to `req` from `peer`.
+    fn handle(
+        &self,
+        req: hyper::Request<hyper::body::Incoming>,
+        peer: SocketAddr,
+    ) -> impl Future<Output = hyper::Response<http_body_util::Full<bytes::Bytes>>> + Send;
+}
+
+/// The token requests must carry: read from `file` or the variable `env`
+/// (trimmed, at least 16 characters), or none.
+pub(crate) fn load_token(
+    file: Option<&std::path::Path>,
+    env: Option<&str>,
+) -> anyhow::Result<Option<Arc<[u8]>>> {
+    let token = match (file, env) {
+        (Some(path), _) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the token file {}", path.display()))?,
+        (None, Some(name)) => std::env::var(name)
+            .map_err(|_| UsageError(format!("--token-env names {name}, which is not set")))?,
+        (None, None) => return Ok(None),
+    };
+    let token = token.trim();
+    if token.len() < 16 {
+        return Err(UsageError(
+            "the token must be at least 16 characters (a random one: `head -c 24 /dev/urandom | base64`)".into(),
+        )
+        .into());
+    }
+    Ok(Some(token.as_bytes().into()))
+}
+
+/// Accepts connections on `listener` for ever, each answered by
+/// `handler` under the same caps as `serve`'s (`max` at once, 5 s for the
+/// headers, one request each).
+pub(crate) async fn serve_forever<H: Handler>(
+    listener: tokio::net::TcpListener,
+    handler: Arc<H>,
+    max: usize,
+) {
+    let slots = Slots::new(max.max(1));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                continue;
+            }
+        };
+        let slot = slots.admit().await;
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve_connection(handler.clone(), slot, stream, peer));
+    }
+}
+
 /// Serves one request on `stream`, then closes it (no keep-alive: a
 /// trigger is one request, and a connection kept open would hold a slot);
 /// the connection ends early if `slot` is taken back for a newer one.
-async fn serve_connection(
-    server: Arc<Server>,
+async fn serve_connection<H: Handler>(
+    server: Arc<H>,
     slot: Slot,
     stream: tokio::net::TcpStream,
     peer: SocketAddr,

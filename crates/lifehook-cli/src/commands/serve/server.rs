@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use super::metrics::{self, Metrics, TriggerKind};
 use crate::delivery::Ledger;
 use crate::output::print_err;
+use crate::readiness::Readiness;
 use crate::render;
 use crate::telemetry::Telemetry;
 
@@ -48,6 +49,8 @@ pub(super) struct Server {
     metrics: Arc<Metrics>,
     /// `/metrics` answers without the token.
     metrics_public: bool,
+    /// `/readyz`: ready until a pre-stop trigger arrives.
+    readiness: Arc<Readiness>,
     /// Stopping (SIGTERM or SIGINT): runs in progress finish and their
     /// callers are answered, `/healthz` still answers, no new run starts.
     draining: AtomicBool,
@@ -66,6 +69,12 @@ enum Served {
     Repeat(Instant),
 }
 
+impl super::Handler for Server {
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+        self.answer(req, peer).await
+    }
+}
+
 impl Server {
     pub(super) fn new(
         pipeline: Pipeline,
@@ -77,6 +86,7 @@ impl Server {
             ledger: Arc::new(Ledger::new(&pipeline)),
             metrics: Arc::new(Metrics::new()),
             metrics_public,
+            readiness: Arc::new(Readiness::ready()),
             pipeline,
             runner,
             token,
@@ -89,11 +99,7 @@ impl Server {
     /// first (path, method, token, body), so an unauthenticated caller
     /// learns nothing about the pipeline and can start nothing: the token
     /// is checked before the phase is even looked up.
-    pub(super) async fn handle(
-        &self,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-    ) -> Response<Full<Bytes>> {
+    async fn answer(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
         let path = req.uri().path();
         if path == "/healthz" {
             // Still 200 while stopping: a sidecar's liveness probe must not
@@ -108,6 +114,12 @@ impl Server {
         if path == "/metrics" {
             return self.scrape(&req, peer);
         }
+        if path == "/readyz" {
+            if !self.authorized(&req) {
+                return unauthorized("");
+            }
+            return readyz(&self.readiness);
+        }
         let phase = match path {
             "/pre-stop" => PhaseName::PreStop,
             "/post-start" => PhaseName::PostStart,
@@ -115,7 +127,7 @@ impl Server {
                 return respond(
                     StatusCode::NOT_FOUND,
                     "text/plain",
-                    "not found: use /pre-stop, /post-start, /healthz or /metrics\n".into(),
+                    "not found: use /pre-stop, /post-start, /healthz, /readyz or /metrics\n".into(),
                 );
             }
         };
@@ -170,6 +182,11 @@ impl Server {
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        // Traffic stops before the drain: readiness fails before the
+        // phase's first step can start.
+        if phase == PhaseName::PreStop {
+            self.readiness.stopping("pre-stop running");
+        }
         let (finished, served) = self.trigger(phase, force, parent.as_deref()).await;
         let kind = match served {
             Served::New => TriggerKind::Ran,
@@ -252,16 +269,7 @@ impl Server {
     /// comparison that stopped at the first wrong byte would let a peer
     /// on the pod network find the token byte by byte from the timings.
     fn authorized(&self, req: &Request<Incoming>) -> bool {
-        let Some(token) = &self.token else {
-            return true;
-        };
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-            .unwrap_or_default();
-        use subtle::ConstantTimeEq as _;
-        bool::from(given.ct_eq(token))
+        bearer_ok(req, self.token.as_deref())
     }
 
     /// The phases' runs, locked briefly (never across an await). Poison
@@ -323,9 +331,13 @@ impl Server {
             self.phases.clone(),
         );
         let books = (self.ledger.clone(), self.metrics.clone());
+        let readiness = self.readiness.clone();
         tokio::spawn(async move {
             let (finished, report) = run_phase(&runner, &path, &p, &books, &telemetry).await;
             let finished = Arc::new(finished);
+            if phase == PhaseName::PreStop {
+                readiness.stopping(format!("pre-stop ended: {}", report.status.as_str()));
+            }
             {
                 let mut map = runs.lock().unwrap_or_else(PoisonError::into_inner);
                 let entry = map.entry(phase).or_default();
@@ -352,6 +364,7 @@ impl Server {
         // drain and starts nothing.
         let _runs = self.runs();
         self.draining.store(true, Ordering::Release);
+        self.readiness.stopping("lifehook serve is stopping");
         print_err("lifehook serve: stopping; waiting for running phases\n");
     }
 
@@ -398,6 +411,29 @@ async fn run_phase(
     (finished, report)
 }
 
+/// Whether `req` carries `Authorization: Bearer <token>` (always, when no
+/// token is set), compared in constant time.
+pub(crate) fn bearer_ok(req: &Request<Incoming>, token: Option<&[u8]>) -> bool {
+    let Some(token) = token else {
+        return true;
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .unwrap_or_default();
+    use subtle::ConstantTimeEq as _;
+    bool::from(given.ct_eq(token))
+}
+
+/// `GET /readyz`'s answer: 200 when ready, else 503 saying why not.
+pub(crate) fn readyz(readiness: &Readiness) -> Response<Full<Bytes>> {
+    match readiness.answer() {
+        Ok(text) => respond(StatusCode::OK, "text/plain", text.into()),
+        Err(why) => respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", why),
+    }
+}
+
 /// 405, naming the methods `allow`ed.
 fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
     let mut r = respond(
@@ -411,7 +447,7 @@ fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
 }
 
 /// 401 asking for the bearer token (`more` adds to the message).
-fn unauthorized(more: &str) -> Response<Full<Bytes>> {
+pub(crate) fn unauthorized(more: &str) -> Response<Full<Bytes>> {
     let mut r = respond(
         StatusCode::UNAUTHORIZED,
         "text/plain",
