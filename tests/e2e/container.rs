@@ -627,7 +627,7 @@ fn container_figures() {
                 "--report",
                 "json",
                 "--skip",
-                "wait-for-endpoints",
+                "drain",
                 "-f",
                 "/etc/lifehook/lifehook.toml",
             ],
@@ -641,10 +641,7 @@ fn container_figures() {
             .and_then(Result::ok)
             .unwrap_or_else(|| panic!("no JSON report:\n{}", hook.output));
         let steps = report["steps"].as_array().expect("steps");
-        let plugin_steps: Vec<_> = steps
-            .iter()
-            .filter(|s| s["name"] != "wait-for-endpoints")
-            .collect();
+        let plugin_steps: Vec<_> = steps.iter().filter(|s| s["name"] != "drain").collect();
         assert_eq!(plugin_steps.len(), 3, "{report:#}");
         for step in plugin_steps {
             assert_eq!(step["outcome"], "ok", "{step:#}");
@@ -702,4 +699,69 @@ fn the_user_dockerfile_matches_the_tested_image() {
     let shipped = final_stage(&read("kubernetes/Dockerfile"));
     assert!(tested.len() >= 3, "{tested:#?}");
     assert_eq!(tested, shipped);
+}
+
+/// Scenario 8: drain-connections in a container, reading its network
+/// namespace's TCP tables through a `/proc/net` grant, while a client holds
+/// connections to the application's server: the step ends once they close.
+#[test]
+#[ignore = "needs podman and the static binaries: `cargo xtask test` runs it"]
+fn container_drain_waits_for_the_apps_connections() {
+    let port = crate::support::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let pod = Pod::start_app(&[], &[], &["--serve", &listen]);
+    std::fs::write(
+        pod.path("drain.toml"),
+        format!(
+            "[[pre-stop.steps]]\nname = \"drain\"\nplugin = \"/lifehook/plugins/drain_connections.wasm\"\ntimeout = \"20s\"\nallow.dirs = [{{ host = \"/proc/net\", guest = \"/proc/net\" }}]\nconfig = {{ ports = [{port}], min = \"200ms\", poll = \"50ms\" }}\n"
+        ),
+    )
+    .expect("pipeline");
+    let connect = || {
+        let mut tries = 0;
+        loop {
+            match std::net::TcpStream::connect(&listen) {
+                Ok(c) => return c,
+                Err(_) if tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("cannot connect to the app: {e}"),
+            }
+        }
+    };
+    let clients = vec![connect(), connect()];
+    let hook = pod.exec_child(
+        &[],
+        &[
+            "/lifehook/lifehook",
+            "run",
+            "-f",
+            "/data/drain.toml",
+            "--report",
+            "json",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    drop(clients);
+    let out = hook.wait_with_output().expect("hook output");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not a JSON report ({e}):\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let step = &report["steps"][0];
+    assert_eq!(step["outcome"], "ok", "{step:#}");
+    assert!(
+        step["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with(&format!("2 -> 0 connections on :{port}"))),
+        "{step:#}"
+    );
+    assert!(
+        step["duration_ms"].as_u64().expect("duration") >= 500,
+        "{step:#}"
+    );
 }

@@ -13,8 +13,8 @@ use std::process::Command;
 
 use crate::support::http::TestServer;
 use crate::support::podman::{
-    AMD64, ARM64, Platform, build_lifehook_image, built_file, checked, podman, podman_run,
-    unrelated_image,
+    AMD64, ARM64, Platform, SAMPLE_PLUGINS, build_lifehook_image, built_file, checked, podman,
+    podman_run, unrelated_image,
 };
 use crate::support::registry::Registry;
 use crate::support::{Run, Sandbox, classic, http_client};
@@ -110,7 +110,7 @@ fn image_per_architecture_joined_in_a_manifest_list_pushed_to_a_registry() {
                 .iter()
                 .filter(|f| f.starts_with("lifehook/cache/") && f.ends_with(".cwasm"))
                 .count();
-            assert_eq!(artifacts, 4, "{files:?}");
+            assert_eq!(artifacts, SAMPLE_PLUGINS.len(), "{files:?}");
             let mut add = podman();
             add.args([
                 "manifest",

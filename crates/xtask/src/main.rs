@@ -404,6 +404,7 @@ fn demo() -> anyhow::Result<u8> {
             .env("LIFEHOOK_STATE_DIR", work.join("state"))
             .env("DEMO_DIR", &work)
             .env("NOTIFY_ORIGIN", &origin)
+            .env("DEMO_PORT", origin.rsplit(':').next().unwrap_or("18080"))
             .env("POD_NAME", "demo-pod-0");
         cmd
     };

@@ -175,6 +175,7 @@ pub fn sample_plugins(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         "save_state",
         "restore_state",
         "release_lock",
+        "drain_connections",
     ]
     .iter()
     .map(|name| dir.join(format!("{name}.wasm")))

@@ -51,11 +51,12 @@ pub fn built_file(var: &str) -> PathBuf {
 }
 
 /// The sample plugins the lifehook image carries.
-pub const SAMPLE_PLUGINS: [&str; 4] = [
+pub const SAMPLE_PLUGINS: [&str; 5] = [
     plugins::NOTIFY_SHUTDOWN,
     plugins::SAVE_STATE,
     plugins::RESTORE_STATE,
     plugins::RELEASE_LOCK,
+    plugins::DRAIN_CONNECTIONS,
 ];
 
 /// An OCI platform and the architecture `lifehook compile --target` names

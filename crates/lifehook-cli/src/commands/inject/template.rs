@@ -42,11 +42,12 @@ pub(super) const INSTALL: &str = "lifehook-install";
 pub(super) const PULL: &str = "lifehook-pull";
 pub(super) const SIDECAR: &str = "lifehook";
 /// The sample plugins the lifehook image carries in /lifehook/plugins.
-pub const IMAGE_PLUGINS: [&str; 4] = [
+pub const IMAGE_PLUGINS: [&str; 5] = [
     "notify_shutdown.wasm",
     "save_state.wasm",
     "restore_state.wasm",
     "release_lock.wasm",
+    "drain_connections.wasm",
 ];
 /// The user the added containers run as when the application container
 /// names none (the lifehook image has no user of its own).
