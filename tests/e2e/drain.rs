@@ -215,3 +215,23 @@ fn bad_ports_are_named() {
         run.message("drain")
     );
 }
+
+#[test]
+fn max_open_is_low_enough() {
+    let s = Sandbox::new();
+    let app = Held::open("127.0.0.1:0", 2);
+    let port = app.port();
+    pipeline(&s, &[port], "0s", "20s");
+    let text = std::fs::read_to_string(s.path("lifehook.toml")).expect("pipeline");
+    s.write(
+        "lifehook.toml",
+        text.replace("poll = \"50ms\"", "poll = \"50ms\", max-open = 2"),
+    );
+    let (step, _) = drain_while(&s, || {});
+    assert_eq!(step["outcome"], "ok", "{step:#}");
+    assert!(
+        message(&step).starts_with(&format!("2 -> 2 connections on :{port}")),
+        "{step:#}"
+    );
+    drop(app);
+}
