@@ -308,6 +308,8 @@ mod tests {
             "MANIFEST.yaml" => "pod.yaml",
             "IMAGE" => "registry.example.com/lifehook:0.1",
             "PORT" => "8787",
+            "SIGNAL" => "QUIT",
+            "FROM:TO" => "143:0",
             "PLUGIN.wasm" => "plugin.wasm",
             "oci://REGISTRY/REPO:TAG" => "oci://registry.example.com/hooks/x:1",
             "COMMAND" => "sh",
