@@ -123,9 +123,7 @@ pub fn init(args: &LogArgs, stdout_is_output: bool) {
         .and_then(|path| Mirror::open(&path, args.log_format))
         .filter(|m| !(m.is_stdout && stdout_is_output));
     let mirror_layer = mirror.map(|mirror| {
-        let _ = MIRROR.set(MirrorState {
-            is_stdout: mirror.is_stdout,
-        });
+        let _ = MIRRORED.set(());
         mirror_layers(mirror, args.log_format)
     });
     let stderr = stderr
@@ -137,20 +135,14 @@ pub fn init(args: &LogArgs, stdout_is_output: bool) {
     tracing_subscriber::registry().with(layers).init();
 }
 
-/// What [`init`] found of the log file.
-struct MirrorState {
-    /// It is this process's stdout (lifehook is the main process).
-    is_stdout: bool,
-}
-
-static MIRROR: std::sync::OnceLock<MirrorState> = std::sync::OnceLock::new();
+/// Set by [`init`] when there is a log file.
+static MIRRORED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
 
 /// Writes a report's lines to the log file (only there, not to stderr),
-/// unless there is none, or the report was printed on stdout
-/// (`on_stdout`) and the log file is that same stdout.
-pub fn mirror_report(text: &str, on_stdout: bool) {
-    let Some(state) = MIRROR.get() else { return };
-    if on_stdout && state.is_stdout {
+/// if there is one. It is never the stdout a report was printed on: `init`
+/// keeps no such file for commands whose stdout is their output.
+pub fn mirror_report(text: &str) {
+    if MIRRORED.get().is_none() {
         return;
     }
     for line in text.lines().filter(|l| !l.trim().is_empty()) {

@@ -103,7 +103,7 @@ fn report_error(e: &anyhow::Error) {
         text
     };
     output::print_err(&text);
-    logging::mirror_report(&text, false);
+    logging::mirror_report(&text);
 }
 
 /// The causes of `e` that say something new: an error whose message

@@ -231,7 +231,7 @@ impl Run {
                 serde_json::to_string_pretty(&json).unwrap_or_default()
             )),
         }
-        crate::logging::mirror_report(&text, self.report == ReportFormat::Text);
+        crate::logging::mirror_report(&text);
         let code = crate::exit::exit_code(report.status);
         if let Some(guard) = guard {
             guard.finish(code == EXIT_OK, text, json);
@@ -267,10 +267,7 @@ impl Run {
         match delivery.claim(deadline, self.force) {
             Ok(Claim::Run(guard)) => Ok(Turn::Run(Some(guard))),
             Ok(Claim::Repeat(marker)) => {
-                crate::logging::mirror_report(
-                    &marker.repeat_text(phase),
-                    self.report == ReportFormat::Text,
-                );
+                crate::logging::mirror_report(&marker.repeat_text(phase));
                 match self.report {
                     ReportFormat::Text => print_out(&marker.repeat_text(phase)),
                     ReportFormat::Json => print_out(&format!("{}\n", marker.repeat_json())),
@@ -290,7 +287,7 @@ impl Run {
                     "lifehook {phase}: DEADLINE reached while another delivery of this phase was still running; not run again\n"
                 );
                 print_out(&text);
-                crate::logging::mirror_report(&text, true);
+                crate::logging::mirror_report(&text);
                 Ok(Turn::Done(EXIT_DEADLINE))
             }
             Err(e) => {

@@ -400,7 +400,7 @@ async fn run_phase(
     let report = runner.run(path, phase, &options).await;
     let text = render::text(&report);
     // The caller gets the report; the sidecar's log and `status` too.
-    crate::logging::mirror_report(&text, false);
+    crate::logging::mirror_report(&text);
     ledger.record(phase.name, "serve", &text, render::json_value(&report));
     metrics.phase_ran(&report);
     let finished = Finished {
