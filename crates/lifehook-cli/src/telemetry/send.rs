@@ -48,8 +48,9 @@ pub async fn post(url: &str, headers: &[(String, String)], body: Vec<u8>) -> Res
     if status.is_success() {
         return Ok(());
     }
-    let body = response
-        .into_body()
+    // Only the start is quoted, so only that much is read: a collector
+    // answering a huge error body costs no memory.
+    let body = http_body_util::Limited::new(response.into_body(), QUOTED * 4)
         .collect()
         .await
         .map(|b| b.to_bytes())
