@@ -211,9 +211,8 @@ impl Exec {
         ));
         let phases = Phases {
             runner,
-            pipeline: pipeline.path.clone(),
+            pipeline: Arc::new(pipeline.clone()),
             ledger: Arc::new(Ledger::new(pipeline)),
-            config: Arc::new(pipeline.clone()),
             exports: Arc::default(),
         };
         // The app may have ended already (a command that fails at once):
@@ -500,11 +499,10 @@ async fn sleep_until(at: Option<Instant>) {
 /// Starts phases on the runner.
 struct Phases {
     runner: Runner,
-    pipeline: PathBuf,
+    /// The pipeline as loaded: its file, its `[telemetry]`.
+    pipeline: Arc<Pipeline>,
     /// Each phase's last run, for `lifehook status`.
     ledger: Arc<Ledger>,
-    /// The pipeline as loaded (its `[telemetry]`).
-    config: Arc<Pipeline>,
     /// Telemetry exports under way.
     exports: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
 }
@@ -528,7 +526,7 @@ impl Phases {
     fn start(&self, phase: &Phase, within: Option<Duration>) -> JoinHandle<PhaseReport> {
         let (runner, pipeline, phase) = (self.runner.clone(), self.pipeline.clone(), phase.clone());
         let ledger = self.ledger.clone();
-        let telemetry = Telemetry::new(&self.config, None);
+        let telemetry = Telemetry::new(&self.pipeline, None);
         let exports = self.exports.clone();
         let options = RunOptions {
             deadline: within.map(|w| phase.deadline.min(w)),
@@ -538,7 +536,7 @@ impl Phases {
         };
         let deadline = Instant::now() + options.deadline.unwrap_or(phase.deadline);
         tokio::spawn(async move {
-            let report = runner.run(&pipeline, &phase, &options).await;
+            let report = runner.run(&pipeline.path, &phase, &options).await;
             let text = render::text(&report);
             print_err(&text);
             ledger.record(phase.name, "exec", &text, render::json_value(&report));
