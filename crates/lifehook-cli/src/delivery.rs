@@ -284,18 +284,19 @@ impl Ledger {
     }
 }
 
-/// The records in `dir` of this incarnation: last runs (`.last`) and
-/// completions (`.done`), each with its file name, newest first. Files that
-/// are not records are passed over.
-pub fn records(dir: &Path) -> std::io::Result<Vec<(String, Marker)>> {
+/// The last runs recorded in `dir` in this incarnation, newest first,
+/// each with whether its phase completed (its done-marker exists: both are
+/// named by the same key, which includes the incarnation). Files that are
+/// not records are passed over.
+pub fn last_runs(dir: &Path) -> std::io::Result<Vec<(Marker, bool)>> {
     let incarnation = incarnation();
     let mut found = Vec::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !(name.ends_with(".last") || name.ends_with(".done")) {
+        let Some(stem) = name.strip_suffix(".last") else {
             continue;
-        }
+        };
         let Ok(bytes) = fs::read(entry.path()) else {
             continue;
         };
@@ -303,10 +304,11 @@ pub fn records(dir: &Path) -> std::io::Result<Vec<(String, Marker)>> {
             continue;
         };
         if incarnation.as_deref() == Some(marker.incarnation.as_str()) {
-            found.push((name, marker));
+            let completed = dir.join(format!("{stem}.done")).exists();
+            found.push((marker, completed));
         }
     }
-    found.sort_by_key(|(_, m)| std::cmp::Reverse(m.completed_at_ms));
+    found.sort_by_key(|(m, _)| std::cmp::Reverse(m.completed_at_ms));
     Ok(found)
 }
 

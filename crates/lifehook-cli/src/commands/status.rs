@@ -48,7 +48,7 @@ struct Run<'a> {
 impl Status {
     pub fn execute(self) -> anyhow::Result<i32> {
         let dir = self.dir()?;
-        let records = match delivery::records(&dir) {
+        let records = match delivery::last_runs(&dir) {
             Ok(records) => records,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => {
@@ -58,10 +58,9 @@ impl Status {
         };
         let runs: Vec<Run> = records
             .iter()
-            .filter_map(|(name, m)| {
-                let stem = name.strip_suffix(".last")?;
-                let completed = records.iter().any(|(n, _)| n == &format!("{stem}.done"));
-                Some(Run { last: m, completed })
+            .map(|(last, completed)| Run {
+                last,
+                completed: *completed,
             })
             .collect();
         if self.json {
