@@ -109,6 +109,13 @@ impl Diagnostic {
         self
     }
 
+    /// The same place, with another message (a problem found later at a
+    /// location kept from resolving, such as a grant's TLS files).
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.message = message.into();
+        self
+    }
+
     /// Adds a hint on how to fix the problem.
     pub fn with_help(mut self, help: impl Into<String>) -> Self {
         self.help = Some(help.into());

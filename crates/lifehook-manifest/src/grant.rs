@@ -1,11 +1,13 @@
 //! Capability grants, parsed: which HTTP origins and TCP addresses a step may
-//! reach, and which host directories it sees.
+//! reach (and with which TLS trust and client certificate), and which host
+//! directories it sees.
 
 use std::fmt;
 use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::diagnostic::Diagnostic;
 use crate::schema::Access;
 
 /// Why a grant entry was refused.
@@ -144,6 +146,10 @@ pub struct HttpGrant {
     pub host: String,
     /// Only this port; `None` means the scheme's default port.
     pub port: Option<u16>,
+    /// TLS settings of an `https://` grant written as a table: its own CA
+    /// bundle, a client certificate. `None`: the public web roots, no
+    /// client certificate.
+    pub tls: Option<GrantTls>,
 }
 
 impl HttpGrant {
@@ -180,7 +186,26 @@ impl HttpGrant {
         };
         let (host, port) = split_host_port(authority).map_err(address)?;
         check_host(&host, true).map_err(address)?;
-        Ok(HttpGrant { scheme, host, port })
+        Ok(HttpGrant {
+            scheme,
+            host,
+            port,
+            tls: None,
+        })
+    }
+
+    /// `host` or `host:port`, IPv6 in brackets: the origin without its
+    /// scheme.
+    pub fn host_port(&self) -> String {
+        let mut out = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if let Some(p) = self.port {
+            out += &format!(":{p}");
+        }
+        out
     }
 
     /// True when a request to `scheme://host:port` is allowed by this grant.
@@ -211,11 +236,7 @@ impl fmt::Display for HttpGrant {
                 "https://"
             })?;
         }
-        write_host(f, &self.host)?;
-        if let Some(p) = self.port {
-            write!(f, ":{p}")?;
-        }
-        Ok(())
+        f.write_str(&self.host_port())
     }
 }
 
@@ -227,6 +248,10 @@ pub struct TcpGrant {
     pub host: String,
     /// The port.
     pub port: u16,
+    /// `tls = true`: the plugin must speak TLS on this connection (through
+    /// `wasi:tls`), verified against these settings; plain bytes are refused.
+    /// `None`: plain TCP only.
+    pub tls: Option<GrantTls>,
 }
 
 impl TcpGrant {
@@ -244,7 +269,11 @@ impl TcpGrant {
             });
         };
         check_host(&host, false).map_err(address)?;
-        Ok(TcpGrant { host, port })
+        Ok(TcpGrant {
+            host,
+            port,
+            tls: None,
+        })
     }
 }
 
@@ -253,6 +282,33 @@ impl fmt::Display for TcpGrant {
         write_host(f, &self.host)?;
         write!(f, ":{}", self.port)
     }
+}
+
+/// The TLS settings of one grant. The runner reads these files when a step
+/// starts (so a rotated Secret is picked up by the next run); the plugin
+/// never sees them unless a directory grant also shows it their directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GrantTls {
+    /// A PEM bundle of the CAs trusted for this grant. When set, it is the
+    /// only trust: the public web roots are not trusted beside it (a grant
+    /// for a private service has no use for them, and `curl --cacert`
+    /// works so too). `None`: the public web roots.
+    pub ca: Option<PathBuf>,
+    /// The client certificate presented when the server asks for one.
+    pub client: Option<ClientCert>,
+    /// Where the grant is written, for problems found when its files are
+    /// read (by `check`, or when a step starts).
+    #[serde(skip)]
+    pub written: Option<Diagnostic>,
+}
+
+/// A client certificate and its private key, both PEM files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClientCert {
+    /// The certificate, optionally followed by its intermediates.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// One `allow.dirs` entry, resolved.
@@ -386,7 +442,8 @@ mod tests {
             TcpGrant::parse("Redis:6379"),
             Ok(TcpGrant {
                 host: "redis".into(),
-                port: 6379
+                port: 6379,
+                tls: None,
             })
         );
         assert_eq!(

@@ -14,8 +14,8 @@ use toml::de::{DeTable, DeValue};
 
 use crate::diagnostic::Diagnostic;
 use crate::schema::{
-    RawAllow, RawDefaults, RawDirTable, RawOci, RawPhase, RawPipeline, RawRetries, RawState,
-    RawStep, RawTelemetry,
+    RawAllow, RawDefaults, RawDirTable, RawHttpTable, RawOci, RawPhase, RawPipeline, RawRetries,
+    RawState, RawStep, RawTcpTable, RawTelemetry,
 };
 
 /// The field names serde's derive gave struct `T`, read by asking `T` to
@@ -92,6 +92,8 @@ enum Table {
     Retries,
     Allow,
     Dir,
+    HttpGrant,
+    TcpGrant,
 }
 
 impl Table {
@@ -108,6 +110,8 @@ impl Table {
             Table::Retries => fields_of::<RawRetries>(),
             Table::Allow => fields_of::<RawAllow>(),
             Table::Dir => fields_of::<RawDirTable>(),
+            Table::HttpGrant => fields_of::<RawHttpTable>(),
+            Table::TcpGrant => fields_of::<RawTcpTable>(),
         }
     }
 
@@ -124,6 +128,8 @@ impl Table {
             Table::Retries => "in `retries`".into(),
             Table::Allow => "in `allow`".into(),
             Table::Dir => "in an `allow.dirs` table".into(),
+            Table::HttpGrant => "in an `allow.http` table".into(),
+            Table::TcpGrant => "in an `allow.tcp` table".into(),
         }
     }
 
@@ -140,6 +146,8 @@ impl Table {
             (Table::Defaults | Table::Step(_), "retries") => Child::Table(Table::Retries),
             (Table::Step(_), "allow") => Child::Table(Table::Allow),
             (Table::Allow, "dirs") => Child::Array(Table::Dir),
+            (Table::Allow, "http") => Child::Array(Table::HttpGrant),
+            (Table::Allow, "tcp") => Child::Array(Table::TcpGrant),
             _ => return None,
         })
     }

@@ -47,7 +47,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize as _;
 
 pub use diagnostic::{Diagnostic, Diagnostics, Severity, render_problems};
-pub use grant::{DirGrant, GrantError, HttpGrant, Scheme, TcpGrant};
+pub use grant::{ClientCert, DirGrant, GrantError, GrantTls, HttpGrant, Scheme, TcpGrant};
 pub use pipeline::{
     Action, Edges, Grants, Limits, Phase, PhaseName, Pipeline, RetryPolicy, SleepAction, Step,
     Telemetry,

@@ -328,16 +328,18 @@ pub struct RawStep {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawAllow {
     /// Outbound HTTP: origins (`"https://api.example.com"`), authorities
-    /// (`"10.0.0.7:8080"`) or host names, `*.` wildcards allowed.
+    /// (`"10.0.0.7:8080"`) or host names, `*.` wildcards allowed; or a table
+    /// with TLS settings for an `https://` origin.
     ///
-    /// Example: `http = ["https://*.example.com", "http://127.0.0.1:8080"]`
+    /// Example: `http = ["https://*.example.com", { origin = "https://etcd.db:2379", ca = "/etc/etcd/ca.crt" }]`
     #[serde(default)]
-    pub http: Vec<Spanned<String>>,
-    /// Outbound TCP connections, `host:port`.
+    pub http: Vec<Spanned<RawHttpGrant>>,
+    /// Outbound TCP connections, `host:port`; or a table with `tls = true`
+    /// and its TLS settings.
     ///
-    /// Example: `tcp = ["redis.default.svc:6379"]`
+    /// Example: `tcp = ["redis.default.svc:6379", { address = "redis.db:6380", tls = true, ca = "/etc/redis/ca.crt" }]`
     #[serde(default)]
-    pub tcp: Vec<Spanned<String>>,
+    pub tcp: Vec<Spanned<RawTcpGrant>>,
     /// Host directories, read-only unless `access = "read-write"`.
     ///
     /// Example: `dirs = ["/etc/app", { host = "./state", guest = "/state", access = "read-write" }]`
@@ -348,6 +350,142 @@ pub struct RawAllow {
     /// Example: `env = ["POD_NAME", "POD_NAMESPACE"]`
     #[serde(default)]
     pub env: Vec<Spanned<String>>,
+}
+
+/// TLS files of a grant, as written (paths relative to the pipeline file,
+/// `${VAR}` allowed).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// A PEM bundle of CAs to trust instead of the public web roots.
+    ///
+    /// Example: `ca = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"`
+    pub ca: Option<String>,
+    /// A client certificate (PEM) to present; needs `key`.
+    ///
+    /// Example: `cert = "/etc/etcd/client.crt"`
+    pub cert: Option<String>,
+    /// The client certificate's private key (PEM); needs `cert`.
+    ///
+    /// Example: `key = "/etc/etcd/client.key"`
+    pub key: Option<String>,
+}
+
+impl RawTls {
+    /// True when no TLS file is named.
+    pub fn is_empty(&self) -> bool {
+        self.ca.is_none() && self.cert.is_none() && self.key.is_none()
+    }
+}
+
+/// An `allow.http` entry: an origin, or a table with TLS settings.
+#[derive(Debug)]
+pub struct RawHttpGrant {
+    /// The origin, as in the string form.
+    pub origin: String,
+    /// Its TLS files (none in the string form).
+    pub tls: RawTls,
+}
+
+/// The table form of an HTTP grant.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHttpTable {
+    /// Example: `origin = "https://etcd.db:2379"`
+    origin: String,
+    ca: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+}
+
+/// An `allow.tcp` entry: `host:port`, or a table with `tls = true`.
+#[derive(Debug)]
+pub struct RawTcpGrant {
+    /// `host:port`, as in the string form.
+    pub address: String,
+    /// `tls = true`: TLS is required on this connection.
+    pub tls: bool,
+    /// Its TLS files (none in the string form).
+    pub files: RawTls,
+}
+
+/// The table form of a TCP grant.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTcpTable {
+    /// Example: `address = "redis.db:6380"`
+    address: String,
+    /// Example: `tls = true`
+    tls: Option<bool>,
+    ca: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for RawHttpGrant {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawHttpGrant;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "an origin, or a table like { origin = \"https://etcd.db:2379\", ca = \"/etc/etcd/ca.crt\" }",
+                )
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawHttpGrant, E> {
+                Ok(RawHttpGrant {
+                    origin: v.to_owned(),
+                    tls: RawTls::default(),
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawHttpGrant, A::Error> {
+                let t = RawHttpTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawHttpGrant {
+                    origin: t.origin,
+                    tls: RawTls {
+                        ca: t.ca,
+                        cert: t.cert,
+                        key: t.key,
+                    },
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawTcpGrant {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawTcpGrant;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "`host:port`, or a table like { address = \"redis.db:6380\", tls = true }",
+                )
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawTcpGrant, E> {
+                Ok(RawTcpGrant {
+                    address: v.to_owned(),
+                    tls: false,
+                    files: RawTls::default(),
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawTcpGrant, A::Error> {
+                let t = RawTcpTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawTcpGrant {
+                    address: t.address,
+                    tls: t.tls.unwrap_or(false),
+                    files: RawTls {
+                        ca: t.ca,
+                        cert: t.cert,
+                        key: t.key,
+                    },
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// How a granted directory may be used.

@@ -2,7 +2,6 @@
 //! limits, one call into the plugin bounded by the attempt's deadline, and
 //! [`classify`], a pure function from what the call returned to an outcome.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -309,14 +308,18 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }
 
-/// Resolves TCP grants to the addresses a plugin may connect to. A name that
-/// does not resolve is logged and grants nothing.
-async fn resolve_tcp(grants: &[TcpGrant]) -> HashSet<SocketAddr> {
-    let mut out = HashSet::new();
+/// Resolves TCP grants to the addresses a plugin may connect to, each
+/// beside its grant. A name that does not resolve is logged and grants
+/// nothing.
+async fn resolve_tcp(grants: &[TcpGrant]) -> Vec<(&TcpGrant, Vec<SocketAddr>)> {
+    let mut out = Vec::new();
     for g in grants {
         match tokio::net::lookup_host((g.host.as_str(), g.port)).await {
-            Ok(addrs) => out.extend(addrs),
-            Err(e) => tracing::warn!("TCP grant {g} does not resolve: {e}"),
+            Ok(addrs) => out.push((g, addrs.collect())),
+            Err(e) => {
+                tracing::warn!("TCP grant {g} does not resolve: {e}");
+                out.push((g, Vec::new()));
+            }
         }
     }
     out

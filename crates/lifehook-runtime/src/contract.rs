@@ -6,7 +6,7 @@
 /// `lifehook:hook`'s version, as a literal for `concat!`.
 macro_rules! version {
     () => {
-        "0.1.2"
+        "0.1.3"
     };
 }
 pub(crate) use version;
@@ -17,11 +17,13 @@ pub const VERSION: &str = version!();
 pub const CONTRACT: &str = concat!("lifehook:hook@", version!());
 /// The `lifehook:hook` releases a plugin may be built against: 0.x patch
 /// releases only add, so every earlier 0.1 release still links.
-pub const COMPATIBLE: &[&str] = &["0.1.0", "0.1.1", version!()];
+pub const COMPATIBLE: &[&str] = &["0.1.0", "0.1.1", "0.1.2", version!()];
 /// The newest WASI 0.2 patch release this host's wasmtime provides.
 pub const WASI_PATCH: u64 = 12;
 /// The `wasi:config` release `wasmtime-wasi-config` provides.
 pub const CONFIG_VERSION: &str = "0.2.0-rc.1";
+/// The `wasi:tls` draft `wasmtime-wasi-tls` provides (from contract 0.1.3).
+pub const TLS_VERSION: &str = crate::sandbox::tls_sockets::TLS_VERSION;
 
 /// Each package the host links, with the interfaces of it it provides.
 /// `inspect` judges a component's imports against this before it is ever
@@ -63,6 +65,7 @@ pub const PROVIDED: &[(&str, &[&str])] = &[
     ),
     ("wasi:http", &["types", "outgoing-handler"]),
     ("wasi:config", &["store"]),
+    ("wasi:tls", &["types"]),
     ("lifehook:hook", &["types", "log", "deadline", "files"]),
 ];
 
@@ -84,6 +87,7 @@ pub fn unsupported(import: &str) -> Option<String> {
     }
     let wanted = match package {
         "wasi:config" => version == CONFIG_VERSION,
+        "wasi:tls" => version == TLS_VERSION,
         "lifehook:hook" => COMPATIBLE.contains(&version),
         _ => version
             .strip_prefix("0.2.")
@@ -100,6 +104,7 @@ pub fn unsupported(import: &str) -> Option<String> {
 fn versions(package: &str) -> String {
     match package {
         "wasi:config" => CONFIG_VERSION.to_owned(),
+        "wasi:tls" => TLS_VERSION.to_owned(),
         "lifehook:hook" => format!("{} to {VERSION}", COMPATIBLE[0]),
         _ => format!("0.2.0 to 0.2.{WASI_PATCH}"),
     }
@@ -112,14 +117,14 @@ pub fn offered() -> String {
     let wasi: Vec<&str> = PROVIDED
         .iter()
         .filter_map(|(p, _)| p.strip_prefix("wasi:"))
-        .filter(|p| *p != "config")
+        .filter(|p| *p != "config" && *p != "tls")
         .collect();
     let hook = PROVIDED
         .iter()
         .find(|(p, _)| *p == "lifehook:hook")
         .map_or(&[][..], |(_, interfaces)| interfaces);
     format!(
-        "WASI 0.2.0 to 0.2.{WASI_PATCH} {}, wasi:config/store@{CONFIG_VERSION} and lifehook:hook/{{{}}}@{}",
+        "WASI 0.2.0 to 0.2.{WASI_PATCH} {}, wasi:config/store@{CONFIG_VERSION}, wasi:tls/types@{TLS_VERSION} and lifehook:hook/{{{}}}@{}",
         wasi.join(", "),
         hook.join(", "),
         versions("lifehook:hook"),

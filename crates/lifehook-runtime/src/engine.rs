@@ -217,6 +217,7 @@ fn build_linker(engine: &Engine) -> anyhow::Result<Linker<StepState>> {
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     crate::sandbox::fs_gate::add_to_linker(&mut linker)?;
     crate::sandbox::quotas::add_sockets_to_linker(&mut linker)?;
+    crate::sandbox::tls_sockets::add_to_linker(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     wasmtime_wasi_config::add_to_linker(&mut linker, |s: &mut StepState| {
         wasmtime_wasi_config::WasiConfig::from(&s.config)

@@ -17,7 +17,8 @@
 //! step starts or is skipped, a pure state machine) -> `step` (one step's
 //! attempts) -> `attempt` (one store, one call, `classify`) -> `state` (the
 //! sandbox, grouped in `sandbox/`: `fs_gate`, `http_gate`, `memory`,
-//! `quotas`, `denials`, `capture`, `files`). Loading a plugin (sources,
+//! `quotas`, `denials`, `capture`, `files`, and `http_send` and
+//! `tls_sockets` with [`tls`], which configures TLS from a grant). Loading a plugin (sources,
 //! OCI pulls, the artifact cache) is grouped in `load/`.
 //!
 //! ```no_run
@@ -43,6 +44,7 @@ mod sandbox;
 mod scheduler;
 mod selection;
 mod step;
+pub mod tls;
 pub mod trace;
 
 #[cfg(feature = "oci")]
@@ -57,3 +59,4 @@ pub use load::plugin::{CodeSource, LoadError, Plugin, PluginKind};
 pub use report::{AttemptLog, Outcome, PhaseReport, PhaseStatus, StepReport};
 pub use runner::{RunOptions, Runner};
 pub use selection::{Exclusion, Selection};
+pub use tls::{TlsFileError, check_files as check_tls_files};

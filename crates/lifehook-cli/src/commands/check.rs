@@ -53,8 +53,9 @@ impl Check {
             None => {
                 let pipeline = lifehook_manifest::load(&self.target.pipeline.file, only)?;
                 let runner = self.target.runner(&pipeline)?;
-                let (kinds, problems) =
+                let (kinds, mut problems) =
                     load_plugins(&runner, pipeline.phases.iter().flat_map(|p| &p.steps));
+                problems.extend(tls_file_problems(&pipeline));
                 (pipeline, kinds, problems)
             }
         };
@@ -135,6 +136,31 @@ impl Check {
         .map_err(lifehook_manifest::ManifestError::Invalid)?;
         Ok(Some((pipeline, origin)))
     }
+}
+
+/// Every grant's TLS files read as a step would read them (readable, PEM,
+/// the key the certificate's, nothing expired), each problem located at
+/// its grant. Not for a pipeline carried in a manifest: its files are in
+/// the container.
+fn tls_file_problems(pipeline: &Pipeline) -> Vec<String> {
+    let grants = pipeline.phases.iter().flat_map(|p| &p.steps).flat_map(|s| {
+        let http = s.grants.http.iter().filter_map(|g| g.tls.as_ref());
+        http.chain(s.grants.tcp.iter().filter_map(|g| g.tls.as_ref()))
+    });
+    let mut problems = Vec::new();
+    for tls in grants {
+        if let Err(e) = lifehook_runtime::check_tls_files(tls) {
+            problems.push(match &tls.written {
+                Some(at) => at
+                    .clone()
+                    .with_message(e.to_string())
+                    .with_help(e.help())
+                    .to_string(),
+                None => e.to_string(),
+            });
+        }
+    }
+    problems
 }
 
 /// The file name of `path`, or all of it when it has none.

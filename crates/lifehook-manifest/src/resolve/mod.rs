@@ -400,15 +400,15 @@ impl Resolver<'_> {
             spans.push(("config", v.span()));
         }
         let allow = &raw.allow;
-        if let Some(g) = allow
+        let first = allow
             .http
             .first()
-            .or(allow.tcp.first())
-            .or(allow.env.first())
-        {
-            spans.push(("allow", g.span()));
-        } else if let Some(d) = allow.dirs.first() {
-            spans.push(("allow", d.span()));
+            .map(Spanned::span)
+            .or(allow.tcp.first().map(Spanned::span))
+            .or(allow.env.first().map(Spanned::span))
+            .or(allow.dirs.first().map(Spanned::span));
+        if let Some(span) = first {
+            spans.push(("allow", span));
         }
         for (key, span) in spans {
             self.problem_at(

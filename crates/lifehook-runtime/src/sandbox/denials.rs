@@ -12,7 +12,19 @@ impl Denials {
     /// Records and logs one denied attempt: what was denied, and the grant
     /// that would allow it.
     pub(crate) fn record(&self, what: String, grant: String) {
-        let line = format!("denied {what}; to allow it: {grant}");
+        self.push(format!("denied {what}; to allow it: {grant}"));
+    }
+
+    /// Records and logs a TLS connection the grant's settings could not
+    /// make: to whom, why, and what to change in the grant.
+    pub(crate) fn record_tls(&self, peer: &str, refusal: &crate::tls::Refusal) {
+        self.push(format!(
+            "denied TLS to {peer}: {}; to fix it: {}",
+            refusal.cause, refusal.fix
+        ));
+    }
+
+    fn push(&self, line: String) {
         tracing::warn!("{line}");
         let mut list = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         // A plugin retrying in a loop would fill memory; keep the first few.

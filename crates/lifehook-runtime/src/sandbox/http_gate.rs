@@ -11,12 +11,18 @@ use lifehook_manifest::{HttpGrant, Scheme};
 use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpHooks};
 
 use crate::sandbox::denials::Denials;
+use crate::sandbox::http_send::{SendError, Timeouts};
 use crate::sandbox::quotas::StepQuotas;
+use crate::tls::TlsClient;
 
 /// Lets a request out only when a grant allows its origin, and never with
 /// timeouts beyond the attempt's deadline.
 pub(crate) struct HttpGate {
     pub(crate) grants: Arc<[HttpGrant]>,
+    /// Beside each grant, its TLS client when the grant has TLS settings of
+    /// its own (read when the step started); `None` for the others, whose
+    /// `https://` requests trust the public web roots.
+    pub(crate) tls: Arc<[Option<Arc<TlsClient>>]>,
     /// The attempt's deadline: every timeout of a request is capped by it,
     /// so a hanging server costs the step its own time and no more.
     pub(crate) deadline: Instant,
@@ -60,10 +66,24 @@ impl WasiHttpHooks for HttpGate {
         let uri = request.uri();
         let scheme = uri.scheme_str().and_then(Scheme::parse);
         let host = uri.host().unwrap_or_default();
-        let allowed = scheme.is_some_and(|scheme| {
+        // Of the grants that allow the origin, one with TLS settings of its
+        // own wins: a plain `"https://*.svc"` beside a table for one
+        // service must not take that service's CA away.
+        let matching = scheme.map(|scheme| {
             let port = uri.port_u16().unwrap_or(scheme.default_port());
-            self.grants.iter().any(|g| g.allows(scheme, host, port))
+            let mut allowing = self
+                .grants
+                .iter()
+                .zip(self.tls.iter())
+                .filter(|(g, _)| g.allows(scheme, host, port));
+            let first = allowing.next();
+            let with_tls = first
+                .into_iter()
+                .chain(allowing)
+                .find_map(|(_, tls)| tls.clone());
+            (scheme, first.is_some(), with_tls)
         });
+        let allowed = matching.as_ref().is_some_and(|(_, any, _)| *any);
         // A denial names the origin to grant, ready to paste: that is what
         // the author needs, not wasi-http's error code.
         if !allowed {
@@ -95,6 +115,10 @@ impl WasiHttpHooks for HttpGate {
             return Box::new(async { Err(wasmtime_wasi_http::Error::ConnectionLimitReached) });
         }
         let in_flight = InFlight(self.in_flight.clone());
+        let origin = match uri.authority() {
+            Some(a) => format!("{}://{a}", uri.scheme_str().unwrap_or("https")),
+            None => uri.to_string(),
+        };
         if let Some(traceparent) = &self.traceparent
             && !request.headers().contains_key("traceparent")
         {
@@ -103,26 +127,39 @@ impl WasiHttpHooks for HttpGate {
                 .insert("traceparent", traceparent.clone());
         }
         let left = self.deadline.saturating_duration_since(Instant::now());
-        let cap = |t: Option<Duration>| Some(t.map_or(left, |t| t.min(left)));
-        let options = RequestOptions {
-            connect_timeout: cap(options.and_then(|o| o.connect_timeout)),
-            first_byte_timeout: cap(options.and_then(|o| o.first_byte_timeout)),
-            between_bytes_timeout: cap(options.and_then(|o| o.between_bytes_timeout)),
+        let cap = |t: Option<Duration>| t.map_or(left, |t| t.min(left));
+        let timeouts = Timeouts {
+            connect: cap(options.and_then(|o| o.connect_timeout)),
+            first_byte: cap(options.and_then(|o| o.first_byte_timeout)),
+            between_bytes: cap(options.and_then(|o| o.between_bytes_timeout)),
         };
+        let tls = match matching {
+            Some((Scheme::Https, _, with_tls)) => {
+                Some(with_tls.unwrap_or_else(crate::tls::public_roots))
+            }
+            _ => None,
+        };
+        let denials = self.denials.clone();
         Box::new(async move {
-            use http_body_util::BodyExt;
-            let (response, io) =
-                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            let client = tls.clone();
+            let (response, io) = match crate::sandbox::http_send::send(request, timeouts, tls).await
+            {
+                Ok(sent) => sent,
+                Err(SendError::Http(e)) => return Err(e),
+                Err(SendError::Tls(e)) => {
+                    if let Some(client) = &client {
+                        denials.record_tls(&origin, &client.explain(&e, &origin));
+                    }
+                    return Err(crate::tls::wasi_http_error(&e));
+                }
+            };
             // The request stays in flight until its connection ends.
             let io = async move {
                 let result = io.await;
                 drop(in_flight);
                 result
             };
-            Ok((
-                response.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = _> + Send>,
-            ))
+            Ok((response, Box::new(io) as Box<dyn Future<Output = _> + Send>))
         })
     }
 }

@@ -3,7 +3,6 @@
 //! (`http_gate`, `fs_gate`), the memory limiter and the denial record it
 //! wires in.
 
-use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,6 +21,7 @@ use crate::sandbox::fs_gate::{FsGate, FsGateView};
 use crate::sandbox::http_gate::HttpGate;
 use crate::sandbox::memory::MemoryLimiter;
 use crate::sandbox::quotas::{FileStreams, QuotaView, StepQuotas};
+use crate::sandbox::tls_sockets::{TcpTargets, TlsGate, TlsGateView};
 
 /// What a step's attempts share and its report reads: what was denied,
 /// the caps reached, the output. It outlives every attempt's store (each
@@ -54,6 +54,9 @@ pub(crate) struct StepState {
     gate: HttpGate,
     /// Logs file access the grants refuse, with the grant that would allow it.
     fs_gate: FsGate,
+    /// Decides `wasi:tls` handshakes by the connection's grant.
+    tls_gate: TlsGate,
+    tls: wasmtime_wasi_tls::WasiTlsCtx,
     caps: StepQuotas,
     /// Byte counters of the files open for writing (`max-write`).
     file_streams: FileStreams,
@@ -67,14 +70,38 @@ pub(crate) struct StepState {
 }
 
 impl StepState {
-    /// Builds the sandbox for one attempt of `step`. `tcp_allowed` holds the
-    /// step's TCP grants resolved to addresses.
+    /// Builds the sandbox for one attempt of `step`. `tcp` holds the step's
+    /// TCP grants resolved to addresses. The grants' TLS files are read
+    /// here, so a rotated certificate counts from the next attempt on.
     pub(crate) fn new(
         step: &Step,
-        tcp_allowed: HashSet<SocketAddr>,
+        tcp: Vec<(&lifehook_manifest::TcpGrant, Vec<SocketAddr>)>,
         deadline: Instant,
         record: &StepRecord,
     ) -> anyhow::Result<StepState> {
+        let tls_files = |tls: Option<&lifehook_manifest::GrantTls>, grant: String| {
+            tls.map(|t| {
+                crate::tls::client(t).map_err(|e| {
+                    anyhow::anyhow!(
+                        "the TLS files of grant {grant} cannot be used: {e} ({})",
+                        e.help()
+                    )
+                })
+            })
+            .transpose()
+        };
+        let http_tls = step
+            .grants
+            .http
+            .iter()
+            .map(|g| tls_files(g.tls.as_ref(), g.to_string()))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let tcp_tls = step
+            .grants
+            .tcp
+            .iter()
+            .map(|g| tls_files(g.tls.as_ref(), g.to_string()))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let (denials, caps, output) = (
             record.denials.clone(),
             record.caps.clone(),
@@ -133,7 +160,8 @@ impl StepState {
                 .any(|g| g.host.parse::<IpAddr>().is_err()),
         );
         let check_denials = denials.clone();
-        let tcp_allowed = Arc::new(tcp_allowed);
+        let targets = Arc::new(TcpTargets::new(tcp, &tcp_tls));
+        let tcp_allowed = targets.clone();
         b.socket_addr_check(move |addr, use_| {
             let allowed = socket_allowed(&tcp_allowed, addr, use_);
             if !allowed {
@@ -158,7 +186,10 @@ impl StepState {
             Box::pin(async move { allowed })
         });
         let config = step.config.iter().cloned().collect();
+        let (tls_gate, tls) = TlsGate::new(targets, denials.clone());
         Ok(StepState {
+            tls_gate,
+            tls,
             wasi: b.build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
@@ -173,6 +204,7 @@ impl StepState {
             ),
             gate: HttpGate {
                 grants: step.grants.http.clone().into(),
+                tls: http_tls.into(),
                 deadline,
                 denials: denials.clone(),
                 caps: caps.clone(),
@@ -193,7 +225,7 @@ impl StepState {
 /// wildcard address and port 0 that `connect` uses). A plugin never listens:
 /// a hook that accepted connections could be reached from the pod network
 /// while the application is being stopped.
-fn socket_allowed(allowed: &HashSet<SocketAddr>, addr: SocketAddr, use_: SocketAddrUse) -> bool {
+fn socket_allowed(allowed: &TcpTargets, addr: SocketAddr, use_: SocketAddrUse) -> bool {
     match use_ {
         SocketAddrUse::TcpConnect => allowed.contains(&addr),
         SocketAddrUse::TcpBind => addr.ip().is_unspecified() && addr.port() == 0,
@@ -217,6 +249,21 @@ impl WasiHttpView for StepState {
             table: &mut self.table,
             hooks: &mut self.gate,
         }
+    }
+}
+
+impl wasmtime_wasi_tls::WasiTlsView for StepState {
+    fn tls(&mut self) -> wasmtime_wasi_tls::WasiTlsCtxView<'_> {
+        wasmtime_wasi_tls::WasiTlsCtxView {
+            ctx: &mut self.tls,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl TlsGateView for StepState {
+    fn tls_gate(&mut self) -> (&mut TlsGate, &mut ResourceTable) {
+        (&mut self.tls_gate, &mut self.table)
     }
 }
 
@@ -278,7 +325,8 @@ mod tests {
     #[test]
     fn only_granted_connections_and_implicit_binds_pass() {
         let granted: SocketAddr = "127.0.0.1:6379".parse().expect("addr");
-        let set = HashSet::from([granted]);
+        let grant = lifehook_manifest::TcpGrant::parse("127.0.0.1:6379").expect("grant");
+        let set = TcpTargets::new(vec![(&grant, vec![granted])], &[None]);
         assert!(socket_allowed(&set, granted, SocketAddrUse::TcpConnect));
         let other: SocketAddr = "127.0.0.1:6380".parse().expect("addr");
         assert!(!socket_allowed(&set, other, SocketAddrUse::TcpConnect));
