@@ -1,6 +1,6 @@
 //! For plugin authors: `lifehook inspect` on every sample and fixture,
 //! `lifehook new` scaffolds, the contract's growth (a component built
-//! against 0.1.0 runs on the 0.1.2 runner), and plugins in Python and
+//! against 0.1.0 runs on the 0.1.3 runner), and plugins in Python and
 //! JavaScript beside Rust ones (ignored by a plain `cargo test`: `cargo
 //! xtask test` builds them with componentize-py and componentize-js).
 
@@ -67,7 +67,7 @@ fn inspect_describes_every_sample_and_fixture() {
         );
     }
     let (_, hook, _) = inspect(plugins::FIXTURE_HOOK);
-    assert_eq!(hook["contract"], "lifehook:hook@0.1.2");
+    assert_eq!(hook["contract"], "lifehook:hook@0.1.3");
     assert!(
         hook["wit"]
             .as_str()

@@ -13,7 +13,7 @@ pub(crate) use version;
 
 /// The `lifehook:hook` release this host implements.
 pub const VERSION: &str = version!();
-/// The package and version, as a component names it: `lifehook:hook@0.1.2`.
+/// The package and version, as a component names it: `lifehook:hook@0.1.3`.
 pub const CONTRACT: &str = concat!("lifehook:hook@", version!());
 /// The `lifehook:hook` releases a plugin may be built against: 0.x patch
 /// releases only add, so every earlier 0.1 release still links.
@@ -185,9 +185,13 @@ mod tests {
                 .is_some_and(|m| m.contains("does not provide"))
         );
         assert!(unsupported("wasi:config/store@0.2.0-draft").is_some());
+        assert_eq!(unsupported("wasi:tls/types@0.2.0-draft"), None);
+        assert!(
+            unsupported("wasi:tls/types@0.3.0-draft").is_some_and(|m| m.contains("0.2.0-draft"))
+        );
         assert!(unsupported("lifehook:hook/log@0.2.0").is_some());
         let newer = unsupported("lifehook:hook/files@0.2.0").expect("refused");
-        assert!(newer.contains("0.1.0 to 0.1.2"), "{newer}");
+        assert!(newer.contains("0.1.0 to 0.1.3"), "{newer}");
         assert!(unsupported("wasi:cli/nonsense@0.2.0").is_some());
     }
 

@@ -14,13 +14,19 @@
 //!
 //! `redis` (compare-and-delete in one Lua script, over TCP; grant the address
 //! in `allow.tcp`):
-//! - `address` (required): `host:port`.
+//! - `address` (required): `host:port`, written as the grant writes it.
 //! - `key` (required): the lock key.
-//! - `username`, `password` (or `password-env`): for `AUTH`; `database`: a
-//!   database number to `SELECT`.
+//! - `tls`: `true` to speak TLS (grant the address with `tls = true` and
+//!   the CA and client certificate the server wants; the runner does the
+//!   handshake, the plugin never holds the key).
+//! - `username`, `password` (or `password-env`): for `AUTH` (an ACL user
+//!   with `username`, the default user with the password alone);
+//!   `database`: a database number to `SELECT`.
 //!
-//! `etcd` (the v3 JSON gateway, over HTTP; grant the origin in `allow.http`):
-//! - `endpoint` (required): like `http://etcd:2379`.
+//! `etcd` (the v3 JSON gateway, over HTTP; grant the origin in `allow.http`;
+//! for HTTPS with client certificates, grant it as a table with `ca`,
+//! `cert` and `key`):
+//! - `endpoint` (required): like `http://etcd:2379` or `https://etcd:2379`.
 //! - `key` (required): the lock key.
 //! - `mode`: `delete` (default) deletes the key if its value is the token, in
 //!   one transaction; `revoke-lease` revokes the key's lease instead (which

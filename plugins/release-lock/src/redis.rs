@@ -1,9 +1,12 @@
 //! The Redis backend: one `EVAL` of a compare-and-delete script, spoken in
-//! RESP over `wasi:sockets` TCP. The script runs atomically on the server,
-//! so no other client can take the lock between the compare and the delete.
+//! RESP over `wasi:sockets` TCP, or over TLS (`tls = true`, through
+//! `wasi:tls`: the runner does the handshake with the grant's CA and client
+//! certificate). The script runs atomically on the server, so no other
+//! client can take the lock between the compare and the delete.
 
 use std::time::Duration;
 
+use lifehook_sdk::tls::TlsStream;
 use lifehook_sdk::{Failure, config};
 use wstd::future::FutureExt as _;
 use wstd::io::{AsyncRead, AsyncWrite};
@@ -33,9 +36,10 @@ pub fn release(key: &str, token: &str, time_left: Duration) -> Result<Released, 
     let username = config::get("username");
     let password = crate::password()?;
     let database = config::parse::<u32>("database")?;
+    let tls = config::flag("tls", false)?;
     wstd::runtime::block_on(async {
         let talk = async {
-            let mut conn = Connection::connect(&address).await?;
+            let mut conn = Connection::connect(&address, tls).await?;
             if let Some(password) = &password {
                 let mut auth = vec!["AUTH"];
                 if let Some(user) = &username {
@@ -82,22 +86,62 @@ fn expect_ok(reply: Reply, what: &str) -> Result<(), Failure> {
     }
 }
 
+/// Plain TCP, or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(TlsStream),
+}
+
+impl Stream {
+    async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.write_all(bytes).await,
+            Stream::Tls(s) => s.write_all(bytes).await,
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush().await,
+            Stream::Tls(s) => s.flush().await,
+        }
+    }
+
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf).await,
+            Stream::Tls(s) => s.read(buf).await,
+        }
+    }
+}
+
 struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     address: String,
     buf: Vec<u8>,
 }
 
 impl Connection {
-    async fn connect(address: &str) -> Result<Connection, Failure> {
-        let stream = TcpStream::connect(address).await.map_err(|e| {
-            let message = format!("cannot connect to redis at {address}: {e}");
-            if e.kind() == std::io::ErrorKind::PermissionDenied {
-                Failure::fatal(format!(
+    async fn connect(address: &str, tls: bool) -> Result<Connection, Failure> {
+        let stream = if tls {
+            TlsStream::connect(address).await.map(Stream::Tls)
+        } else {
+            TcpStream::connect(address).await.map(Stream::Plain)
+        };
+        let stream = stream.map_err(|e| {
+            let over = if tls { " over TLS" } else { "" };
+            let message = format!("cannot connect to redis at {address}{over}: {e}");
+            match e.kind() {
+                std::io::ErrorKind::PermissionDenied if tls => Failure::fatal(format!(
+                    "{message} (grant it with allow.tcp = [{{ address = \"{address}\", tls = true }}])"
+                )),
+                std::io::ErrorKind::PermissionDenied => Failure::fatal(format!(
                     "{message} (grant it with allow.tcp = [\"{address}\"])"
-                ))
-            } else {
-                Failure::retryable(message)
+                )),
+                // A refused handshake (wrong CA, no client certificate)
+                // will not pass on another attempt.
+                std::io::ErrorKind::ConnectionRefused if tls => Failure::fatal(message),
+                _ => Failure::retryable(message),
             }
         })?;
         Ok(Connection {

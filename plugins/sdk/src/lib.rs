@@ -28,6 +28,8 @@ pub mod fs;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod log;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 /// Bindings generated from `wit/hook.wit`; most plugins need only the
 /// re-exports at the crate root.

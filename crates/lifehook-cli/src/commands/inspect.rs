@@ -201,7 +201,8 @@ fn grant_of(import: &str) -> Option<&'static str> {
     let name = import.split('@').next().unwrap_or(import);
     if name.starts_with("wasi:http/") {
         Some("allow.http")
-    } else if name.starts_with("wasi:sockets/") {
+    } else if name.starts_with("wasi:sockets/") || name.starts_with("wasi:tls/") {
+        // TLS goes over a TCP connection granted with `tls = true`.
         Some("allow.tcp")
     } else if name.starts_with("wasi:filesystem/") || name == "lifehook:hook/files" {
         Some("allow.dirs")
@@ -307,6 +308,7 @@ mod tests {
             Some("allow.http")
         );
         assert_eq!(grant_of("wasi:sockets/tcp@0.2.3"), Some("allow.tcp"));
+        assert_eq!(grant_of("wasi:tls/types@0.2.0-draft"), Some("allow.tcp"));
         assert_eq!(grant_of("wasi:cli/environment@0.2.0"), Some("allow.env"));
         assert_eq!(grant_of("wasi:clocks/wall-clock@0.2.0"), None);
     }
