@@ -37,3 +37,4 @@ mod serve;
 mod status;
 mod telemetry;
 mod terminal;
+mod tls;

@@ -310,7 +310,11 @@ impl TlsClient {
                     match c {
                         CertificateError::NotValidForNameContext { presented, .. } => format!(
                             "the server's certificate is not valid for {peer} (it names {})",
-                            presented.join(", ")
+                            presented
+                                .iter()
+                                .map(|n| bare_name(n))
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ),
                         _ => format!("the server's certificate is not valid for {peer}"),
                     },
@@ -367,6 +371,14 @@ impl TlsClient {
             ),
         }
     }
+}
+
+/// `other.example` from rustls's `DnsName("other.example")`.
+fn bare_name(presented: &str) -> &str {
+    presented
+        .strip_prefix("DnsName(\"")
+        .and_then(|n| n.strip_suffix("\")"))
+        .unwrap_or(presented)
 }
 
 /// The rustls error somewhere in `e`'s chain of causes: a handshake error

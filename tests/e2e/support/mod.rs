@@ -3,9 +3,11 @@
 
 #![allow(dead_code, reason = "each test module uses a different part")]
 
+pub mod certs;
 pub mod classic;
 pub mod etcd;
 pub mod http;
+pub mod https;
 pub mod podman;
 pub mod redis;
 pub mod registry;
