@@ -332,3 +332,227 @@ config = { url = "https://a/drain" }
         assert_eq!(second.received().len(), 1);
     }
 }
+
+/// One release-lock step, as the pod `web-0`.
+fn lock(s: &Sandbox, config: &str, allow: &str) {
+    s.pipeline(&format!(
+        r#"
+[pre-stop]
+deadline = "10s"
+
+[[pre-stop.steps]]
+name = "unlock"
+plugin = "@lock"
+{allow}
+config = {{ token = "web-0", key = "locks:leader", {config} }}
+"#
+    ));
+}
+
+mod etcd {
+    use super::*;
+    use crate::support::etcd::Etcd;
+
+    fn grant(origin: &str, client: bool) -> String {
+        let cert = if client {
+            r#", cert = "tls/client.crt", key = "tls/client.key""#
+        } else {
+            ""
+        };
+        format!(r#"allow.http = [{{ origin = "{origin}", ca = "tls/ca.crt"{cert} }}]"#)
+    }
+
+    #[test]
+    fn releases_its_own_lock_over_mtls_and_leaves_another_owners() {
+        crate::support::require_server!("etcd", "etcd-server");
+        let (s, certs) = sandbox();
+        let etcd = Etcd::start_tls(&certs);
+        let origin = format!("https://127.0.0.1:{}", etcd.tls_port.expect("tls port"));
+        let config = format!(r#"backend = "etcd", endpoint = "{origin}""#);
+        lock(&s, &config, &grant(&origin, true));
+        etcd.put("locks:leader", "web-0");
+        let ours = run(&s);
+        ours.assert_outcome("unlock", "ok");
+        assert_eq!(ours.message("unlock"), "released etcd lock `locks:leader`");
+        assert_eq!(etcd.get("locks:leader"), None);
+
+        etcd.put("locks:leader", "web-1");
+        let theirs = run(&s);
+        theirs.assert_outcome("unlock", "failed");
+        assert!(
+            theirs.message("unlock").contains("held by another owner"),
+            "{}",
+            theirs.message("unlock")
+        );
+        assert_eq!(etcd.get("locks:leader").as_deref(), Some("web-1"));
+    }
+
+    #[test]
+    fn without_a_client_certificate_etcd_refuses_and_the_report_says_why() {
+        crate::support::require_server!("etcd", "etcd-server");
+        let (s, certs) = sandbox();
+        let etcd = Etcd::start_tls(&certs);
+        let origin = format!("https://127.0.0.1:{}", etcd.tls_port.expect("tls port"));
+        let config = format!(r#"backend = "etcd", endpoint = "{origin}""#);
+        lock(&s, &config, &grant(&origin, false));
+        etcd.put("locks:leader", "web-0");
+        let run = run(&s);
+        run.assert_outcome("unlock", "denied");
+        let denied = denials(&run, "unlock");
+        assert!(
+            denied.contains(&format!("denied TLS to {origin}"))
+                && denied.contains(
+                    "the server asks for a client certificate and the grant presents none"
+                ),
+            "{denied}"
+        );
+        assert_eq!(etcd.get("locks:leader").as_deref(), Some("web-0"));
+    }
+}
+
+mod redis {
+    use super::*;
+    use crate::support::redis::Redis;
+
+    fn address(redis: &Redis, host: &str) -> String {
+        format!("{host}:{}", redis.tls_port.expect("tls port"))
+    }
+
+    /// A TCP grant with TLS and the client certificate.
+    fn tls_grant(address: &str) -> String {
+        format!(
+            r#"allow.tcp = [{{ address = "{address}", tls = true, ca = "tls/ca.crt", cert = "tls/client.crt", key = "tls/client.key" }}]"#
+        )
+    }
+
+    fn acl(address: &str, tls: bool) -> String {
+        format!(
+            r#"backend = "redis", address = "{address}", tls = {tls}, username = "lifehook", password = "s3cret""#
+        )
+    }
+
+    #[test]
+    fn releases_its_own_lock_over_tls_as_an_acl_user_and_leaves_another_owners() {
+        crate::support::require_server!("redis-server", "redis-server"; "redis-cli", "redis-tools");
+        let (s, certs) = sandbox();
+        let redis = Redis::start_tls(&certs);
+        let address = address(&redis, "localhost");
+        lock(&s, &acl(&address, true), &tls_grant(&address));
+        redis.cli(&["SET", "locks:leader", "web-0"]);
+        let ours = run(&s);
+        ours.assert_outcome("unlock", "ok");
+        assert_eq!(ours.message("unlock"), "released redis lock `locks:leader`");
+        assert_eq!(redis.cli(&["EXISTS", "locks:leader"]), "0");
+
+        redis.cli(&["SET", "locks:leader", "web-1"]);
+        let theirs = run(&s);
+        theirs.assert_outcome("unlock", "failed");
+        assert!(
+            theirs
+                .message("unlock")
+                .contains("held by another owner (\"web-1\")"),
+            "{}",
+            theirs.message("unlock")
+        );
+        assert_eq!(redis.cli(&["GET", "locks:leader"]), "web-1");
+
+        // A wrong ACL password is redis's refusal, said as it said it.
+        lock(
+            &s,
+            &acl(&address, true).replace("s3cret", "wrong"),
+            &tls_grant(&address),
+        );
+        let refused = run(&s);
+        refused.assert_outcome("unlock", "failed");
+        assert!(
+            refused.message("unlock").contains("redis AUTH failed"),
+            "{}",
+            refused.message("unlock")
+        );
+    }
+
+    #[test]
+    fn plain_bytes_to_a_tls_grant_are_refused() {
+        crate::support::require_server!("redis-server", "redis-server"; "redis-cli", "redis-tools");
+        let (s, certs) = sandbox();
+        let redis = Redis::start_tls(&certs);
+        let address = address(&redis, "127.0.0.1");
+        lock(&s, &acl(&address, false), &tls_grant(&address));
+        redis.cli(&["SET", "locks:leader", "web-0"]);
+        let run = run(&s);
+        run.assert_outcome("unlock", "denied");
+        let denied = denials(&run, "unlock");
+        assert!(
+            denied.contains(&format!(
+                "denied plain TCP to {address}, which is granted with tls = true"
+            )),
+            "{denied}"
+        );
+        assert_eq!(redis.cli(&["GET", "locks:leader"]), "web-0");
+    }
+
+    #[test]
+    fn tls_to_an_address_granted_without_it_is_refused() {
+        crate::support::require_server!("redis-server", "redis-server"; "redis-cli", "redis-tools");
+        let (s, certs) = sandbox();
+        let redis = Redis::start_tls(&certs);
+        let address = address(&redis, "127.0.0.1");
+        lock(
+            &s,
+            &acl(&address, true),
+            &format!(r#"allow.tcp = ["{address}"]"#),
+        );
+        let run = run(&s);
+        run.assert_outcome("unlock", "denied");
+        let denied = denials(&run, "unlock");
+        assert!(
+            denied.contains(&format!(
+                "denied TLS to {address}: the address is granted without TLS"
+            )) && denied.contains(&format!(
+                r#"allow.tcp = [{{ address = \"{address}\", tls = true }}]"#
+            )),
+            "{denied}"
+        );
+    }
+
+    #[test]
+    fn the_server_is_verified_against_the_granted_name() {
+        crate::support::require_server!("redis-server", "redis-server"; "redis-cli", "redis-tools");
+        let (s, certs) = sandbox();
+        let redis = Redis::start_tls(&certs);
+        // Granted as localhost; the plugin asks for 127.0.0.1.
+        let granted = address(&redis, "localhost");
+        let asked = address(&redis, "127.0.0.1");
+        lock(&s, &acl(&asked, true), &tls_grant(&granted));
+        let run = run(&s);
+        run.assert_outcome("unlock", "denied");
+        let denied = denials(&run, "unlock");
+        assert!(
+            denied.contains("as \\\"127.0.0.1\\\": the grant names localhost"),
+            "{denied}"
+        );
+    }
+
+    #[test]
+    fn without_a_client_certificate_redis_refuses_and_the_report_says_why() {
+        crate::support::require_server!("redis-server", "redis-server"; "redis-cli", "redis-tools");
+        let (s, certs) = sandbox();
+        let redis = Redis::start_tls(&certs);
+        let address = address(&redis, "localhost");
+        lock(
+            &s,
+            &acl(&address, true),
+            &format!(r#"allow.tcp = [{{ address = "{address}", tls = true, ca = "tls/ca.crt" }}]"#),
+        );
+        let run = run(&s);
+        run.assert_outcome("unlock", "denied");
+        let denied = denials(&run, "unlock");
+        assert!(
+            denied.contains(&format!("denied TLS to {address}"))
+                && denied.contains(
+                    "the server asks for a client certificate and the grant presents none"
+                ),
+            "{denied}"
+        );
+    }
+}

@@ -26,7 +26,7 @@ impl Certs {
         let other_ca = authority("another CA");
         write("other-ca.crt", other_ca.pem());
         let leaf = |names: &[&str],
-                    usage: ExtendedKeyUsagePurpose,
+                    usage: Vec<ExtendedKeyUsagePurpose>,
                     issuer: &CertifiedIssuer<'_, KeyPair>,
                     file: &str,
                     expired: bool| {
@@ -34,7 +34,7 @@ impl Certs {
                 CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
                     .expect("params");
             params.distinguished_name = name(names.first().copied().unwrap_or("client"));
-            params.extended_key_usages = vec![usage];
+            params.extended_key_usages = usage;
             if expired {
                 params.not_before = date_time_ymd(2020, 1, 1);
                 params.not_after = date_time_ymd(2021, 1, 1);
@@ -44,7 +44,12 @@ impl Certs {
             write(&format!("{file}.crt"), cert.pem());
             write(&format!("{file}.key"), key.serialize_pem());
         };
-        let server = ExtendedKeyUsagePurpose::ServerAuth;
+        // Server certificates may also act as clients: etcd's gateway dials
+        // its own gRPC port with the server certificate.
+        let server = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         leaf(
             &["localhost", "127.0.0.1"],
             server.clone(),
@@ -54,7 +59,7 @@ impl Certs {
         );
         leaf(
             &["lifehook-client"],
-            ExtendedKeyUsagePurpose::ClientAuth,
+            vec![ExtendedKeyUsagePurpose::ClientAuth],
             &ca,
             "client",
             false,

@@ -12,18 +12,43 @@ use super::{free_port, require_binary, wait_until};
 
 pub struct Etcd {
     pub port: u16,
+    /// The HTTPS client port, when started with [`Etcd::start_tls`].
+    pub tls_port: Option<u16>,
     child: Child,
     _dir: tempfile::TempDir,
 }
 
 impl Etcd {
     pub fn start() -> Etcd {
+        Self::start_with(None)
+    }
+
+    /// With an HTTPS client port beside the plain one (which the test's
+    /// own requests use): the server certificate from `certs`, and clients
+    /// must present a certificate from its CA (`--client-cert-auth`).
+    pub fn start_tls(certs: &super::certs::Certs) -> Etcd {
+        Self::start_with(Some(certs))
+    }
+
+    fn start_with(certs: Option<&super::certs::Certs>) -> Etcd {
         let etcd = require_binary("etcd", "etcd-server");
         let dir = tempfile::tempdir().expect("temp dir");
         let (port, peer) = (free_port(), free_port());
-        let client = format!("http://127.0.0.1:{port}");
+        let tls_port = certs.map(|_| free_port());
+        let mut client = format!("http://127.0.0.1:{port}");
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new(etcd)
+        let mut cmd = Command::new(etcd);
+        if let (Some(certs), Some(tls)) = (certs, tls_port) {
+            client += &format!(",https://127.0.0.1:{tls}");
+            cmd.arg("--cert-file")
+                .arg(certs.path("server.crt"))
+                .arg("--key-file")
+                .arg(certs.path("server.key"))
+                .arg("--trusted-ca-file")
+                .arg(certs.path("ca.crt"))
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .args(["--name", "lifehook-test"])
@@ -46,6 +71,7 @@ impl Etcd {
             .expect("start etcd");
         let etcd = Etcd {
             port,
+            tls_port,
             child,
             _dir: dir,
         };

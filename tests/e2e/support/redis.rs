@@ -7,6 +7,8 @@ use super::{free_port, require_binary, wait_until};
 
 pub struct Redis {
     pub port: u16,
+    /// The TLS port, when started with [`Redis::start_tls`].
+    pub tls_port: Option<u16>,
     child: Child,
     _dir: tempfile::TempDir,
     password: Option<String>,
@@ -18,6 +20,41 @@ impl Redis {
     }
 
     pub fn start_with_password(password: Option<&str>) -> Redis {
+        Self::start_with(password, |_| {}, None)
+    }
+
+    /// With a TLS port beside the plain one (which the test's redis-cli
+    /// uses): the server certificate from `certs`, clients must present a
+    /// certificate from its CA, and an ACL user `lifehook` with password
+    /// `s3cret` who may run the release script (the default user needs
+    /// `admin-pw`).
+    pub fn start_tls(certs: &super::certs::Certs) -> Redis {
+        let tls_port = free_port();
+        Self::start_with(
+            Some("admin-pw"),
+            |cmd| {
+                cmd.args(["--tls-port", &tls_port.to_string()])
+                    .arg("--tls-cert-file")
+                    .arg(certs.path("server.crt"))
+                    .arg("--tls-key-file")
+                    .arg(certs.path("server.key"))
+                    .arg("--tls-ca-cert-file")
+                    .arg(certs.path("ca.crt"))
+                    .args(["--tls-auth-clients", "yes"])
+                    .args([
+                        "--user", "lifehook", "on", ">s3cret", "~locks:*", "+eval", "+get", "+del",
+                        "+select", "+ping",
+                    ]);
+            },
+            Some(tls_port),
+        )
+    }
+
+    fn start_with(
+        password: Option<&str>,
+        extra: impl FnOnce(&mut Command),
+        tls_port: Option<u16>,
+    ) -> Redis {
         let server = require_binary("redis-server", "redis-server");
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
@@ -39,9 +76,11 @@ impl Redis {
         if let Some(p) = password {
             cmd.args(["--requirepass", p]);
         }
+        extra(&mut cmd);
         let child = cmd.spawn().expect("start redis-server");
         let redis = Redis {
             port,
+            tls_port,
             child,
             _dir: dir,
             password: password.map(str::to_owned),
