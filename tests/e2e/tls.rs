@@ -314,6 +314,36 @@ config = { url = "https://a/drain" }
     }
 
     #[test]
+    fn serve_reads_a_rotated_ca_at_the_next_trigger() {
+        let (s, certs) = sandbox();
+        let server = Https::start(&certs.path("other.crt"), &certs.path("other.key"), None);
+        std::fs::copy(certs.path("ca.crt"), certs.path("mounted.crt")).expect("copy");
+        let origin = server.origin("localhost");
+        notify(
+            &s,
+            &origin,
+            &format!(r#"{{ origin = "{origin}", ca = "tls/mounted.crt" }}"#),
+        );
+        // A failed run is not remembered, so the next trigger runs again.
+        let toml = std::fs::read_to_string(s.path("lifehook.toml")).expect("pipeline");
+        s.write(
+            "lifehook.toml",
+            toml.replace("name = \"notify\"", "name = \"notify\"\non-failure = \"abort\""),
+        );
+        let serve = crate::support::serve::Server::start_with(&s, &[], |c| {
+            c.env("POD_NAME", "web-0").env("POD_NAMESPACE", "shop");
+        });
+        let first = serve.get("/pre-stop", "");
+        assert_eq!(first.status, 500, "{}", first.body);
+        assert!(first.body.contains("not issued by a CA"), "{}", first.body);
+        // The Secret is updated in place; serve keeps running.
+        std::fs::copy(certs.path("other-ca.crt"), certs.path("mounted.crt")).expect("rotate");
+        let second = serve.get("/pre-stop", "");
+        assert_eq!(second.status, 200, "{}", second.body);
+        assert_eq!(server.received().len(), 1);
+    }
+
+    #[test]
     fn a_rotated_ca_is_read_at_the_next_run() {
         let (s, certs) = sandbox();
         // The server moves to a certificate from another CA, and the
