@@ -328,7 +328,10 @@ config = { url = "https://a/drain" }
         let toml = std::fs::read_to_string(s.path("lifehook.toml")).expect("pipeline");
         s.write(
             "lifehook.toml",
-            toml.replace("name = \"notify\"", "name = \"notify\"\non-failure = \"abort\""),
+            toml.replace(
+                "name = \"notify\"",
+                "name = \"notify\"\non-failure = \"abort\"",
+            ),
         );
         let serve = crate::support::serve::Server::start_with(&s, &[], |c| {
             c.env("POD_NAME", "web-0").env("POD_NAMESPACE", "shop");

@@ -161,6 +161,70 @@ allow.dirs = ["data", { host = "./state/../snap", guest = "/snap", access = "rea
 }
 
 #[test]
+fn tls_settings_of_grants_resolve_next_to_the_pipeline() {
+    let f = Fixture::new();
+    let p = f
+        .parse(
+            r#"
+[[pre-stop.steps]]
+name = "a"
+plugin = "p.wasm"
+allow.http = ["https://public.example", { origin = "https://etcd.db:2379", ca = "tls/ca.crt", cert = "/etc/tls/${POD_NAME}.crt", key = "tls/../tls/client.key" }]
+allow.tcp = ["plain:6379", { address = "redis.db:6380", tls = true }]
+"#,
+        )
+        .expect("valid");
+    let g = &p.phases[0].steps[0].grants;
+    assert_eq!(g.http[0].tls, None);
+    let tls = g.http[1].tls.as_ref().expect("tls settings");
+    assert_eq!(
+        tls.ca.as_deref(),
+        Some(f.dir.path().join("tls/ca.crt").as_path())
+    );
+    let client = tls.client.as_ref().expect("client certificate");
+    assert_eq!(client.cert, std::path::Path::new("/etc/tls/web-0.crt"));
+    assert_eq!(client.key, f.dir.path().join("tls/client.key"));
+    assert_eq!(tls.written.as_ref().map(|d| d.line), Some(5));
+    assert_eq!(g.tcp[0].tls, None);
+    let redis = g.tcp[1].tls.as_ref().expect("tls = true");
+    assert_eq!((redis.ca.as_ref(), redis.client.as_ref()), (None, None));
+}
+
+#[test]
+fn tls_settings_that_cannot_work_are_refused() {
+    let f = Fixture::new();
+    let step =
+        |allow: &str| format!("[[pre-stop.steps]]\nname = \"a\"\nplugin = \"p.wasm\"\n{allow}\n");
+    let cases = [
+        (
+            r#"allow.tcp = [{ address = "r:6380", ca = "ca.crt" }]"#,
+            "names TLS files but not `tls = true`",
+        ),
+        (
+            r#"allow.http = [{ origin = "a.example", ca = "ca.crt" }]"#,
+            "write origin = \"https://a.example\"",
+        ),
+        (
+            r#"allow.tcp = [{ address = "r:6380", tls = true, key = "k.pem" }]"#,
+            "needs both `cert` and `key`",
+        ),
+        (
+            r#"allow.tcp = [{ address = "r:6380", tls = true, ca = "" }]"#,
+            "a TLS file path is empty",
+        ),
+        (
+            r#"allow.tcp = [{ adress = "r:6380" }]"#,
+            "did you mean `address`?",
+        ),
+    ];
+    for (allow, wanted) in cases {
+        let error = f.error(&step(allow));
+        assert!(error.contains(wanted), "{allow}: {error}");
+        assert!(error.contains("--> "), "{allow}: {error}");
+    }
+}
+
+#[test]
 fn only_resolves_the_chosen_phase() {
     let f = Fixture::new();
     let source =

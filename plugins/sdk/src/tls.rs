@@ -77,7 +77,10 @@ impl TlsStream {
             }
         }
         Err(last.unwrap_or_else(|| {
-            Error::new(ErrorKind::NotFound, format!("{address} resolves to no address"))
+            Error::new(
+                ErrorKind::NotFound,
+                format!("{address} resolves to no address"),
+            )
         }))
     }
 
