@@ -89,6 +89,10 @@ const WIT: &[(&str, &str)] = &[
         "wit/deps/wasi-sockets.wit",
         include_str!("../../../../wit/deps/wasi-sockets.wit"),
     ),
+    (
+        "wit/deps/wasi-tls.wit",
+        include_str!("../../../../wit/deps/wasi-tls.wit"),
+    ),
 ];
 
 impl New {
