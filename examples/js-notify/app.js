@@ -12,7 +12,7 @@
 //   npx componentize-js examples/js-notify/app.js --wit wit -n hook -o notify_js.wasm
 
 import { get } from "wasi:config/store@0.2.0-rc.1";
-import { emit } from "lifehook:hook/log@0.1.2";
+import { emit } from "lifehook:hook/log@0.1.3";
 
 function failure(message, retryable) {
   return { message, retryable, retryAfterMs: undefined };

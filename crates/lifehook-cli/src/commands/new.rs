@@ -174,6 +174,9 @@ impl New {
         let fill = |t: &str| {
             t.replace("{{name}}", &self.name)
                 .replace("{{crate}}", &self.name.replace('-', "_"))
+                // The contract version JavaScript imports carry, so a
+                // scaffold always targets this lifehook's.
+                .replace("{{contract}}", lifehook_runtime::contract::VERSION)
         };
         let mut files: Vec<(String, String)> = match (self.lang, self.kind) {
             (Lang::Rust, Kind::Hook) => vec![

@@ -8,7 +8,7 @@
 // `allow.http`). The contract is in wit/hook.wit.
 
 import { get } from "wasi:config/store@0.2.0-rc.1";
-import { emit } from "lifehook:hook/log@0.1.2";
+import { emit } from "lifehook:hook/log@{{contract}}";
 
 export function run(invocation) {
   const who = get("who");
