@@ -93,7 +93,7 @@ fn inspect_explains_what_is_not_a_plugin() {
     let cases = [
         (
             core.to_string_lossy().into_owned(),
-            "is a core WebAssembly module, not a component",
+            "is a core WebAssembly module lifehook cannot run: it imports nothing from `wasi_snapshot_preview1`",
         ),
         (
             text.to_string_lossy().into_owned(),
@@ -205,7 +205,7 @@ fn tool(var: &str) -> PathBuf {
 /// Scaffolds in every language: generated, built with their one command,
 /// checked and run.
 #[test]
-#[ignore = "needs componentize-py and componentize-js: `cargo xtask test` installs them and runs this"]
+#[ignore = "needs componentize-py, componentize-js and Zig: `cargo xtask test` installs them and runs this"]
 fn languages_new_scaffolds_build_check_and_run() {
     let s = Sandbox::new();
     let scaffolds: &[(&str, &[&str])] = &[
@@ -213,6 +213,8 @@ fn languages_new_scaffolds_build_check_and_run() {
         ("rusty-cmd", &["--lang", "rust", "--kind", "command"]),
         ("pythonic", &["--lang", "python"]),
         ("scripted", &["--lang", "js"]),
+        ("clang-made", &["--lang", "c"]),
+        ("ziggy", &["--lang", "zig"]),
     ];
     for (name, args) in scaffolds {
         let mut new = vec!["new", *name];
@@ -233,7 +235,8 @@ fn languages_new_scaffolds_build_check_and_run() {
         build
             .current_dir(&dir)
             .env("COMPONENTIZE_PY", tool("LIFEHOOK_COMPONENTIZE_PY"))
-            .env("COMPONENTIZE_JS", tool("LIFEHOOK_COMPONENTIZE_JS"));
+            .env("COMPONENTIZE_JS", tool("LIFEHOOK_COMPONENTIZE_JS"))
+            .env("ZIG", tool("LIFEHOOK_ZIG"));
         let built = run_command(build);
         assert_eq!(
             built.code, 0,

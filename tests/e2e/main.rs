@@ -27,6 +27,7 @@ mod metrics;
 mod output;
 mod pods;
 mod policy;
+mod preview1;
 mod readiness;
 mod registry;
 mod retries;

@@ -115,7 +115,7 @@ plugin = "@hook"
     );
     assert!(
         run.stderr
-            .contains("core.wasm is a core WebAssembly module, not a component"),
+            .contains("core.wasm is a core WebAssembly module lifehook cannot run"),
         "{}",
         run.stderr
     );
@@ -140,7 +140,7 @@ fn unusable_plugin_fails_its_step_at_run_time() {
     run.assert_outcome("core", "failed");
     assert!(
         run.message("core")
-            .contains("build it for the wasm32-wasip2 target"),
+            .contains("or as a component for wasm32-wasip2"),
         "{}",
         run.message("core")
     );

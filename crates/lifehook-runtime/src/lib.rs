@@ -47,6 +47,7 @@ mod step;
 pub mod tls;
 pub mod trace;
 
+pub use load::adapt;
 #[cfg(feature = "oci")]
 pub use load::oci;
 pub use load::sources;

@@ -141,7 +141,11 @@ fn build_lifehook() -> anyhow::Result<PathBuf> {
     Ok(root().join("target/debug/lifehook"))
 }
 
+/// A binary on PATH, or (an absolute path) a file a package installs.
 fn is_installed(binary: &str) -> bool {
+    if binary.starts_with('/') {
+        return Path::new(binary).is_file();
+    }
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(binary).is_file()))
 }
@@ -198,6 +202,14 @@ fn test(extra: &[String]) -> anyhow::Result<u8> {
         ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
         ("qemu-aarch64-static", "qemu-user-static"),
         ("prometheus", "prometheus"),
+        // C plugins (WASI preview 1) built from source by the tests.
+        ("clang-16", "clang-16"),
+        ("wasm-ld-16", "lld-16"),
+        ("/usr/lib/wasm32-wasi/libc.a", "wasi-libc"),
+        (
+            "/usr/lib/llvm-16/lib/clang/16/lib/wasi/libclang_rt.builtins-wasm32.a",
+            "libclang-rt-16-dev-wasm32",
+        ),
     ])?;
     // The test suite builds the plugins itself (tests/artifacts/build.rs)
     // and starts its own servers on free loopback ports.
@@ -229,7 +241,8 @@ fn test(extra: &[String]) -> anyhow::Result<u8> {
         .env("LIFEHOOK_PYTHON_READINESS", &readiness)
         .env("LIFEHOOK_JS_NOTIFY", &notify_js)
         .env("LIFEHOOK_COMPONENTIZE_PY", &tools.componentize_py)
-        .env("LIFEHOOK_COMPONENTIZE_JS", &tools.componentize_js))?;
+        .env("LIFEHOOK_COMPONENTIZE_JS", &tools.componentize_js)
+        .env("LIFEHOOK_ZIG", &tools.zig))?;
     // OpenTelemetry exports, decoded by a receiver on the official
     // protobuf definitions (PyPI opentelemetry-proto, pinned, under target/).
     let otlp_python = install_otlp_receiver()?;
@@ -269,9 +282,13 @@ fn ignored_e2e_test(name: &str, var: &str, value: &Path) -> anyhow::Result<()> {
 struct LanguageTools {
     componentize_py: PathBuf,
     componentize_js: PathBuf,
+    /// The command that runs Zig (`python -m ziglang`), as `ZIG` for the
+    /// Zig scaffold's build.sh.
+    zig: String,
 }
 
 const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
+const ZIGLANG: &str = "ziglang==0.17.1";
 const OPENTELEMETRY_PROTO: &str = "opentelemetry-proto==1.45.0";
 
 /// A Python with `opentelemetry-proto`, for tests/otlp/receiver.py,
@@ -305,9 +322,17 @@ fn install_language_tools() -> anyhow::Result<LanguageTools> {
             .arg(&js)
             .arg(COMPONENTIZE_JS))?;
     }
+    let zig_venv = root().join("target/zig-venv");
+    let zig_python = zig_venv.join("bin/python");
+    if !zig_venv.join("bin/.ziglang-installed").is_file() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&zig_venv))?;
+        run(Command::new(zig_venv.join("bin/pip")).args(["install", "--quiet", ZIGLANG]))?;
+        std::fs::write(zig_venv.join("bin/.ziglang-installed"), ZIGLANG)?;
+    }
     Ok(LanguageTools {
         componentize_py,
         componentize_js,
+        zig: format!("{} -m ziglang", zig_python.display()),
     })
 }
 

@@ -56,6 +56,7 @@ impl Check {
                 let (kinds, mut problems) =
                     load_plugins(&runner, pipeline.phases.iter().flat_map(|p| &p.steps));
                 problems.extend(tls_file_problems(&pipeline));
+                preview1_network_warnings(&pipeline);
                 (pipeline, kinds, problems)
             }
         };
@@ -161,6 +162,39 @@ fn tls_file_problems(pipeline: &Pipeline) -> Vec<String> {
         }
     }
     problems
+}
+
+/// Warns about network grants given to a WASI preview-1 module: preview 1
+/// has no sockets (and no HTTP), so they do nothing for it.
+fn preview1_network_warnings(pipeline: &Pipeline) {
+    for step in pipeline.phases.iter().flat_map(|p| &p.steps) {
+        let Some(file) = step.plugin().and_then(|p| p.file()) else {
+            continue;
+        };
+        let mut head = [0u8; 8];
+        let read = std::fs::File::open(file).and_then(|mut f| {
+            use std::io::Read as _;
+            f.read_exact(&mut head)
+        });
+        if read.is_err() || !wasmparser::Parser::is_core_wasm(&head) {
+            continue;
+        }
+        let mut granted = Vec::new();
+        if !step.grants.http.is_empty() {
+            granted.push("allow.http");
+        }
+        if !step.grants.tcp.is_empty() {
+            granted.push("allow.tcp");
+        }
+        if !granted.is_empty() {
+            crate::output::print_err(&format!(
+                "warning: step `{}`: {} is a WASI preview-1 module; preview 1 has no sockets, so its {} grants do nothing (drop them, or build the plugin as a component for wasm32-wasip2)\n\n",
+                step.name,
+                file.display(),
+                granted.join(" and ")
+            ));
+        }
+    }
 }
 
 /// The file name of `path`, or all of it when it has none.

@@ -42,6 +42,9 @@ pub(super) struct Report {
     size: u64,
     /// `hook` or `command`.
     kind: &'static str,
+    /// A WASI preview-1 command module, adapted into a command component
+    /// (what is shown is the adapted component).
+    adapted: bool,
     /// The `lifehook:hook` version it was built against, if it imports it.
     pub(super) contract: Option<String>,
     pub(super) imports: Vec<Import>,
@@ -92,16 +95,13 @@ fn inspect(path: &Path, bytes: &[u8], cache: &CacheArgs) -> Result<Report, Usage
 /// and a hostile file is only ever parsed, never run.
 pub(super) fn describe(path: &Path, bytes: &[u8]) -> Result<Report, UsageError> {
     let shown = path.display();
+    if Parser::is_core_wasm(bytes) {
+        return describe_preview1(path, bytes);
+    }
     if !Parser::is_component(bytes) {
-        return Err(UsageError(if Parser::is_core_wasm(bytes) {
-            format!(
-                "{shown} is a core WebAssembly module, not a component: build it for the wasm32-wasip2 target (or wrap it with `wasm-tools component new`)"
-            )
-        } else {
-            format!(
-                "{shown} is not a WebAssembly file (it does not start with `\\0asm`): point at the .wasm component your build made"
-            )
-        }));
+        return Err(UsageError(format!(
+            "{shown} is not a WebAssembly file (it does not start with `\\0asm`): point at the .wasm component your build made"
+        )));
     }
     let (imports, exports) = top_level(bytes)
         .map_err(|e| UsageError(format!("{shown} is not a valid component: {e}")))?;
@@ -144,6 +144,7 @@ pub(super) fn describe(path: &Path, bytes: &[u8]) -> Result<Report, UsageError> 
         plugin: path.to_path_buf(),
         size: bytes.len() as u64,
         kind,
+        adapted: false,
         contract,
         runnable: problems.is_empty(),
         imports: imports
@@ -159,6 +160,34 @@ pub(super) fn describe(path: &Path, bytes: &[u8]) -> Result<Report, UsageError> 
         artifact: None,
         wit,
     })
+}
+
+/// A core module: a WASI preview-1 command is described as the command
+/// component lifehook adapts it into; anything else is refused with what
+/// it is and what to build instead.
+fn describe_preview1(path: &Path, bytes: &[u8]) -> Result<Report, UsageError> {
+    let cannot = |why: String| {
+        UsageError(format!(
+            "{} is a core WebAssembly module lifehook cannot run: {why}",
+            path.display()
+        ))
+    };
+    if let Some(why) = lifehook_runtime::adapt::refusal(bytes) {
+        return Err(cannot(why));
+    }
+    #[cfg(feature = "compiler")]
+    {
+        let component = lifehook_runtime::adapt::adapt_bytes(bytes).map_err(cannot)?;
+        let mut report = describe(path, &component)?;
+        report.size = bytes.len() as u64;
+        report.adapted = true;
+        Ok(report)
+    }
+    #[cfg(not(feature = "compiler"))]
+    Err(UsageError(format!(
+        "{} is a WASI preview-1 command module: this runtime-only lifehook cannot adapt it to show its imports (it runs the artifact a full build's `lifehook compile` made for it); inspect it with a full build",
+        path.display()
+    )))
 }
 
 /// The names of the component's own imports and exports (not those of the
@@ -251,8 +280,10 @@ fn text(r: &Report) -> String {
     );
     out += &format!(
         "kind:     {}\n",
-        match r.kind {
-            "hook" => "hook component (exports `run`)",
+        match (r.kind, r.adapted) {
+            ("hook", _) => "hook component (exports `run`)",
+            (_, true) =>
+                "preview-1 command, adapted (a WASI preview-1 module lifehook wraps into a command: args, env, exit code)",
             _ => "command (exports `wasi:cli/run`: args, env, exit code)",
         }
     );

@@ -1,5 +1,5 @@
 //! `lifehook new`: scaffolds a plugin project that builds with one command
-//! and passes `lifehook check`, in Rust, Python or JavaScript.
+//! and passes `lifehook check`, in Rust, Python, JavaScript, C or Zig.
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +17,7 @@ Examples:
   lifehook new drain --lang rust
   lifehook new wait-ready --lang python
   lifehook new notify --lang js
+  lifehook new flush --lang c
   lifehook new cleanup --lang rust --kind command")]
 pub struct New {
     /// The plugin's name, also the new directory's: lower-case letters,
@@ -28,7 +29,8 @@ pub struct New {
     lang: Lang,
 
     /// A hook component (typed invocation and failure) or a plain command
-    /// (args, env, exit code; Rust only).
+    /// (args, env, exit code; Rust, and what C and Zig always make: WASI
+    /// preview-1 commands, adapted by lifehook).
     #[arg(long, value_enum, default_value = "hook")]
     kind: Kind,
 
@@ -42,6 +44,10 @@ enum Lang {
     Rust,
     Python,
     Js,
+    /// C with wasi-libc (Debian's clang-16): a WASI preview-1 command.
+    C,
+    /// Zig (0.17, PyPI's `ziglang`): a WASI preview-1 command.
+    Zig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -109,7 +115,7 @@ impl New {
             ))
             .into());
         }
-        if self.kind == Kind::Command && self.lang != Lang::Rust {
+        if self.kind == Kind::Command && matches!(self.lang, Lang::Python | Lang::Js) {
             return Err(UsageError(
                 "--kind command is offered for Rust; Python and JavaScript plugins are hook components (--kind hook)".into(),
             )
@@ -152,7 +158,7 @@ impl New {
     fn build_command(&self) -> &'static str {
         match self.lang {
             Lang::Rust => "cargo build --release --target wasm32-wasip2",
-            Lang::Python | Lang::Js => "./build.sh",
+            Lang::Python | Lang::Js | Lang::C | Lang::Zig => "./build.sh",
         }
     }
 
@@ -219,11 +225,35 @@ impl New {
                     fill(include_str!("../../templates/js/build.sh")),
                 ),
             ],
+            (Lang::C, _) => vec![
+                (
+                    "plugin.c".into(),
+                    fill(include_str!("../../templates/c/plugin.c")),
+                ),
+                (
+                    "build.sh".into(),
+                    fill(include_str!("../../templates/c/build.sh")),
+                ),
+            ],
+            (Lang::Zig, _) => vec![
+                (
+                    "plugin.zig".into(),
+                    fill(include_str!("../../templates/zig/plugin.zig")),
+                ),
+                (
+                    "build.sh".into(),
+                    fill(include_str!("../../templates/zig/build.sh")),
+                ),
+            ],
         };
-        if self.kind == Kind::Hook {
+        if self.kind == Kind::Hook && !self.preview1() {
             files.extend(WIT.iter().map(|(p, t)| ((*p).to_owned(), (*t).to_owned())));
         }
         files.push(("lifehook.toml".into(), self.pipeline()));
+        if self.preview1() {
+            // The directory the example pipeline grants it.
+            files.push(("state/.gitkeep".into(), String::new()));
+        }
         files.push(("README.md".into(), self.readme()));
         files.push((".gitignore".into(), self.gitignore()));
         files
@@ -233,9 +263,10 @@ impl New {
         let memory = match self.lang {
             // CPython and the JavaScript engine need more room than Rust.
             Lang::Python | Lang::Js => "memory = \"256MiB\"\n",
-            Lang::Rust => "",
+            Lang::Rust | Lang::C | Lang::Zig => "",
         };
         let how = match self.kind {
+            _ if self.preview1() => "args = [\"stopping\"]\nenv = { WHO = \"${POD_NAME:-the cluster}\", STATE_DIR = \"/state\" }\nallow.dirs = [{ host = \"state\", guest = \"/state\", access = \"read-write\" }]\n".to_owned(),
             Kind::Hook => "config = { who = \"${POD_NAME:-the cluster}\" }\n".to_owned(),
             Kind::Command => {
                 "args = [\"--verbose\"]\nenv = { WHO = \"${POD_NAME:-the cluster}\" }\n".to_owned()
@@ -253,13 +284,22 @@ impl New {
             Lang::Rust => "Rust",
             Lang::Python => "Python (componentize-py 0.25.1)",
             Lang::Js => "JavaScript (componentize-js 0.23.0)",
+            Lang::C => {
+                "C (clang-16 and wasi-libc; on Debian 12: `apt-get install clang-16 lld-16 wasi-libc libclang-rt-16-dev-wasm32`)"
+            }
+            Lang::Zig => {
+                "Zig (0.17, the PyPI package `ziglang`, which the build installs into .venv)"
+            }
         };
         let kind = match self.kind {
+            _ if self.preview1() => {
+                "a WASI preview-1 command (args, env, exit code; lifehook adapts the module into a component itself, and `lifehook compile` precompiles it); it writes into `state/`, which the example pipeline grants"
+            }
             Kind::Hook => "a hook component (`wit/hook.wit`, world `hook`)",
             Kind::Command => "a plain WASI command (args, env, exit code)",
         };
         let precompile = match self.lang {
-            Lang::Rust => "",
+            Lang::Rust | Lang::C | Lang::Zig => "",
             Lang::Python | Lang::Js => {
                 "\nComponents with an interpreter inside take seconds to compile: run\n`lifehook compile` once (when building the image) so hooks load\nmachine code instead.\n"
             }
@@ -277,7 +317,17 @@ impl New {
             Lang::Rust => "/target\n.lifehook-cache/\n".into(),
             Lang::Python => format!(".venv/\n{}.wasm\n.lifehook-cache/\n", self.name),
             Lang::Js => format!("node_modules/\n{}.wasm\n.lifehook-cache/\n", self.name),
+            Lang::C => format!("{}.wasm\n.lifehook-cache/\n", self.name),
+            Lang::Zig => format!(
+                ".venv/\n.zig-cache/\n{}.wasm\n.lifehook-cache/\n",
+                self.name
+            ),
         }
+    }
+
+    /// C and Zig build WASI preview-1 command modules (no WIT needed).
+    fn preview1(&self) -> bool {
+        matches!(self.lang, Lang::C | Lang::Zig)
     }
 }
 

@@ -90,13 +90,14 @@ pub enum LoadError {
         /// The plugin file.
         path: PathBuf,
     },
-    /// A core module, not a component.
-    #[error(
-        "plugin {path} is a core WebAssembly module, not a component: build it for the wasm32-wasip2 target (or wrap it with `wasm-tools component new`)"
-    )]
-    CoreModule {
+    /// A core module that is not a WASI preview-1 command, or that the
+    /// adapter could not wrap.
+    #[error("plugin {path} is a core WebAssembly module lifehook cannot run: {why}")]
+    Preview1 {
         /// The plugin file.
         path: PathBuf,
+        /// What it is, and what to build instead.
+        why: String,
     },
     /// The component is malformed or uses features this runner lacks.
     #[error("plugin {path} is not a valid component: {message}")]
@@ -250,19 +251,41 @@ pub(crate) fn compile(
     at_run_time: bool,
 ) -> Result<Component, LoadError> {
     match sniff(bytes) {
-        WasmFormat::Component => {}
-        WasmFormat::CoreModule => {
-            return Err(LoadError::CoreModule {
-                path: path.to_path_buf(),
-            });
-        }
-        WasmFormat::NotWasm => {
-            return Err(LoadError::NotWasm {
-                path: path.to_path_buf(),
-            });
-        }
+        WasmFormat::Component => jit(rt, path, bytes, at_run_time),
+        WasmFormat::CoreModule => preview1(rt, path, bytes, at_run_time),
+        WasmFormat::NotWasm => Err(LoadError::NotWasm {
+            path: path.to_path_buf(),
+        }),
     }
-    jit(rt, path, bytes, at_run_time)
+}
+
+/// A WASI preview-1 command module, adapted into a command component and
+/// compiled. Its artifacts are named by the module's hash, so a later load
+/// finds them and never comes here.
+#[cfg(feature = "compiler")]
+fn preview1(
+    rt: &Host,
+    path: &Path,
+    module: &[u8],
+    at_run_time: bool,
+) -> Result<Component, LoadError> {
+    let component = crate::load::adapt::adapt(path, module)?;
+    jit(rt, path, &component, at_run_time)
+}
+
+/// Without a compiler, a module cannot be adapted: only the artifact a
+/// full build's `lifehook compile` made for it runs.
+#[cfg(not(feature = "compiler"))]
+fn preview1(_: &Host, path: &Path, module: &[u8], _: bool) -> Result<Component, LoadError> {
+    match crate::load::adapt::refusal(module) {
+        Some(why) => Err(LoadError::Preview1 {
+            path: path.to_path_buf(),
+            why,
+        }),
+        None => Err(LoadError::NeedsCompiler {
+            path: path.to_path_buf(),
+        }),
+    }
 }
 
 /// Compiles a component with Cranelift, warning when it eats into a hook's
