@@ -202,6 +202,50 @@ fn the_c_scaffold_builds_checks_and_runs() {
     );
 }
 
+/// A preview-1 module published with `lifehook push` is pulled, pinned,
+/// adapted and run like a component from a registry.
+#[test]
+fn a_pushed_preview1_module_runs_from_a_registry() {
+    require_clang!();
+    crate::support::require_server!("docker-registry", "docker-registry");
+    let registry = crate::support::registry::Registry::start();
+    let s = Sandbox::new();
+    build_c("probe.c", s.dir.path(), "probe.wasm", &[]);
+    std::fs::create_dir_all(s.path("out")).expect("out dir");
+    let tag = registry.reference("hooks/probe:1");
+    let pushed = s.lifehook(&[
+        "push",
+        "probe.wasm",
+        &tag,
+        "--insecure-registry",
+        &registry.host(),
+    ]);
+    assert_eq!(pushed.code, 0, "{}", pushed.stderr);
+    s.pipeline(&format!(
+        r#"
+[oci]
+insecure-registries = ["{host}"]
+
+[[pre-stop.steps]]
+name = "probe"
+plugin = "{tag}"
+env = {{ MODE = "write", WHO = "oci" }}
+allow.dirs = [{{ host = "out", guest = "/out", access = "read-write" }}]
+"#,
+        host = registry.host()
+    ));
+    let compiled = s.lifehook(&["compile", "--cache", "cache"]);
+    assert_eq!(compiled.code, 0, "{}", compiled.stderr);
+    let run = s.lifehook(&["run", "--report", "json", "--cache", "cache"]);
+    let step = run.assert_outcome("probe", "ok");
+    assert_eq!(step["code"], "precompiled");
+    assert!(
+        std::fs::read_to_string(s.path("out/probe.txt"))
+            .expect("written")
+            .contains("who=oci")
+    );
+}
+
 /// What `lifehook compile` left for an adapted module runs under the
 /// runtime-only build, which cannot adapt or compile.
 #[test]

@@ -262,7 +262,7 @@ fn what_a_registry_serves_is_checked_before_it_is_kept() {
         ],
     );
     let cases = [
-        ("bad/core:1", "is not a WebAssembly component"),
+        ("bad/core:1", "is a core module lifehook cannot run"),
         (
             "bad/image:1",
             "it is not a Wasm artifact: its config is application/vnd.oci.image.config.v1+json",

@@ -321,15 +321,25 @@ impl Sources {
 
     /// Pulls `r` (a tag is resolved anew) into the cache: its manifest
     /// digest and local file. Every digest is verified while downloading;
-    /// the bytes must be a component before they are stored.
+    /// the bytes must be a component, or a WASI preview-1 command module
+    /// (adapted when compiled, like a local one), before they are stored.
     pub async fn pull(&self, r: &OciReference) -> Result<(String, PathBuf), SourceError> {
         #[cfg(feature = "oci")]
         {
             let (digest, bytes) = crate::load::oci::pull(r, &self.registries).await?;
-            if !wasmparser::Parser::is_component(&bytes) {
+            let refused = if wasmparser::Parser::is_component(&bytes) {
+                None
+            } else if wasmparser::Parser::is_core_wasm(&bytes) {
+                crate::load::adapt::refusal(&bytes).map(|why| {
+                    format!("its wasm layer is a core module lifehook cannot run: {why}")
+                })
+            } else {
+                Some("its wasm layer is not a WebAssembly component or module (another file was pushed)".to_owned())
+            };
+            if let Some(message) = refused {
                 return Err(SourceError::Pull {
                     reference: r.to_string(),
-                    message: "its wasm layer is not a WebAssembly component (a core module or another file was pushed)".into(),
+                    message,
                 });
             }
             let blob = self.blob(r, &digest)?;
