@@ -85,53 +85,13 @@ mod https {
         assert!(server.received().is_empty());
     }
 
-    #[test]
-    fn a_certificate_from_another_ca_is_refused() {
-        let (s, certs) = sandbox();
-        let server = Https::start(&certs.path("other.crt"), &certs.path("other.key"), None);
-        let origin = server.origin("localhost");
-        notify(
-            &s,
-            &origin,
-            &format!(r#"{{ origin = "{origin}", ca = "tls/ca.crt" }}"#),
-        );
-        let run = run(&s);
-        run.assert_outcome("notify", "denied");
-        let denied = denials(&run, "notify");
-        assert!(
-            denied.contains(&format!(
-                "not issued by a CA in the CA bundle {}",
-                certs.file("ca.crt")
-            )),
-            "{denied}"
-        );
-    }
-
-    #[test]
-    fn an_expired_server_certificate_is_refused() {
-        let (s, certs) = sandbox();
-        let server = Https::start(&certs.path("expired.crt"), &certs.path("expired.key"), None);
-        let origin = server.origin("localhost");
-        notify(
-            &s,
-            &origin,
-            &format!(r#"{{ origin = "{origin}", ca = "tls/ca.crt" }}"#),
-        );
-        let run = run(&s);
-        run.assert_outcome("notify", "denied");
-        let denied = denials(&run, "notify");
-        assert!(
-            denied.contains("the server's certificate has expired"),
-            "{denied}"
-        );
-    }
-
-    #[test]
-    fn a_certificate_for_another_name_is_refused() {
+    /// The denials of notify-shutdown posting to a receiver serving
+    /// `file`.crt, granted with the test CA.
+    fn refused_by_a_receiver_serving(file: &str) -> (String, Certs) {
         let (s, certs) = sandbox();
         let server = Https::start(
-            &certs.path("wrong-name.crt"),
-            &certs.path("wrong-name.key"),
+            &certs.path(&format!("{file}.crt")),
+            &certs.path(&format!("{file}.key")),
             None,
         );
         let origin = server.origin("localhost");
@@ -142,7 +102,32 @@ mod https {
         );
         let run = run(&s);
         run.assert_outcome("notify", "denied");
-        let denied = denials(&run, "notify");
+        assert!(server.received().is_empty());
+        (denials(&run, "notify"), certs)
+    }
+
+    #[test]
+    fn a_certificate_from_another_ca_is_refused() {
+        let (denied, certs) = refused_by_a_receiver_serving("other");
+        let wanted = format!(
+            "not issued by a CA in the CA bundle {}",
+            certs.file("ca.crt")
+        );
+        assert!(denied.contains(&wanted), "{denied}");
+    }
+
+    #[test]
+    fn an_expired_server_certificate_is_refused() {
+        let (denied, _) = refused_by_a_receiver_serving("expired");
+        assert!(
+            denied.contains("the server's certificate has expired"),
+            "{denied}"
+        );
+    }
+
+    #[test]
+    fn a_certificate_for_another_name_is_refused() {
+        let (denied, _) = refused_by_a_receiver_serving("wrong-name");
         assert!(
             denied.contains("is not valid for") && denied.contains("other.example"),
             "{denied}"

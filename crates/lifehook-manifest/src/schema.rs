@@ -422,72 +422,6 @@ pub(crate) struct RawTcpTable {
     key: Option<String>,
 }
 
-impl<'de> Deserialize<'de> for RawHttpGrant {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = RawHttpGrant;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(
-                    "an origin, or a table like { origin = \"https://etcd.db:2379\", ca = \"/etc/etcd/ca.crt\" }",
-                )
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawHttpGrant, E> {
-                Ok(RawHttpGrant {
-                    origin: v.to_owned(),
-                    tls: RawTls::default(),
-                })
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawHttpGrant, A::Error> {
-                let t = RawHttpTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                Ok(RawHttpGrant {
-                    origin: t.origin,
-                    tls: RawTls {
-                        ca: t.ca,
-                        cert: t.cert,
-                        key: t.key,
-                    },
-                })
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-impl<'de> Deserialize<'de> for RawTcpGrant {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = RawTcpGrant;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(
-                    "`host:port`, or a table like { address = \"redis.db:6380\", tls = true }",
-                )
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawTcpGrant, E> {
-                Ok(RawTcpGrant {
-                    address: v.to_owned(),
-                    tls: false,
-                    files: RawTls::default(),
-                })
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawTcpGrant, A::Error> {
-                let t = RawTcpTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                Ok(RawTcpGrant {
-                    address: t.address,
-                    tls: t.tls.unwrap_or(false),
-                    files: RawTls {
-                        ca: t.ca,
-                        cert: t.cert,
-                        key: t.key,
-                    },
-                })
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
 /// How a granted directory may be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -528,32 +462,114 @@ pub struct RawDirTable {
     pub access: Option<Access>,
 }
 
+/// A schema value written either as a string (its short form) or as a
+/// table: `allow.dirs`, `allow.http` and `allow.tcp` entries.
+trait StringOrTable: Sized {
+    /// The table form.
+    type Table: de::DeserializeOwned;
+    /// What serde says it expected when it finds neither.
+    const EXPECTING: &'static str;
+    /// The value of the short form.
+    fn from_text(text: &str) -> Self;
+    /// The value of the table form.
+    fn from_table(table: Self::Table) -> Self;
+}
+
+fn string_or_table<'de, D: Deserializer<'de>, T: StringOrTable>(d: D) -> Result<T, D::Error> {
+    struct V<T>(std::marker::PhantomData<T>);
+    impl<'de, T: StringOrTable> Visitor<'de> for V<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(T::EXPECTING)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+            Ok(T::from_text(v))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            T::Table::deserialize(de::value::MapAccessDeserializer::new(map)).map(T::from_table)
+        }
+    }
+    d.deserialize_any(V(std::marker::PhantomData))
+}
+
+impl StringOrTable for RawDir {
+    type Table = RawDirTable;
+    const EXPECTING: &'static str = "a path, or a table like { host = \"./state\", guest = \"/state\", access = \"read-write\" }";
+    fn from_text(text: &str) -> Self {
+        RawDir {
+            host: text.to_owned(),
+            guest: None,
+            access: Access::Read,
+        }
+    }
+    fn from_table(t: RawDirTable) -> Self {
+        RawDir {
+            host: t.host,
+            guest: t.guest,
+            access: t.access.unwrap_or(Access::Read),
+        }
+    }
+}
+
+impl StringOrTable for RawHttpGrant {
+    type Table = RawHttpTable;
+    const EXPECTING: &'static str = "an origin, or a table like { origin = \"https://etcd.db:2379\", ca = \"/etc/etcd/ca.crt\" }";
+    fn from_text(text: &str) -> Self {
+        RawHttpGrant {
+            origin: text.to_owned(),
+            tls: RawTls::default(),
+        }
+    }
+    fn from_table(t: RawHttpTable) -> Self {
+        RawHttpGrant {
+            origin: t.origin,
+            tls: RawTls {
+                ca: t.ca,
+                cert: t.cert,
+                key: t.key,
+            },
+        }
+    }
+}
+
+impl StringOrTable for RawTcpGrant {
+    type Table = RawTcpTable;
+    const EXPECTING: &'static str =
+        "`host:port`, or a table like { address = \"redis.db:6380\", tls = true }";
+    fn from_text(text: &str) -> Self {
+        RawTcpGrant {
+            address: text.to_owned(),
+            tls: false,
+            files: RawTls::default(),
+        }
+    }
+    fn from_table(t: RawTcpTable) -> Self {
+        RawTcpGrant {
+            address: t.address,
+            tls: t.tls.unwrap_or(false),
+            files: RawTls {
+                ca: t.ca,
+                cert: t.cert,
+                key: t.key,
+            },
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for RawDir {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = RawDir;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(
-                    "a path, or a table like { host = \"./state\", guest = \"/state\", access = \"read-write\" }",
-                )
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawDir, E> {
-                Ok(RawDir {
-                    host: v.to_owned(),
-                    guest: None,
-                    access: Access::Read,
-                })
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawDir, A::Error> {
-                let t = RawDirTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                Ok(RawDir {
-                    host: t.host,
-                    guest: t.guest,
-                    access: t.access.unwrap_or(Access::Read),
-                })
-            }
-        }
-        d.deserialize_any(V)
+        string_or_table(d)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawHttpGrant {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        string_or_table(d)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawTcpGrant {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        string_or_table(d)
     }
 }
