@@ -380,14 +380,22 @@ mod etcd {
         format!(r#"allow.http = [{{ origin = "{origin}", ca = "tls/ca.crt"{cert} }}]"#)
     }
 
-    #[test]
-    fn releases_its_own_lock_over_mtls_and_leaves_another_owners() {
-        crate::support::require_server!("etcd", "etcd-server");
+    /// An etcd requiring client certificates, and a release-lock step
+    /// granted its HTTPS origin with the test CA (and the client
+    /// certificate when `client`); its origin.
+    fn etcd_lock(client: bool) -> (Sandbox, Etcd, String) {
         let (s, certs) = sandbox();
         let etcd = Etcd::start_tls(&certs);
         let origin = format!("https://127.0.0.1:{}", etcd.tls_port.expect("tls port"));
         let config = format!(r#"backend = "etcd", endpoint = "{origin}""#);
-        lock(&s, &config, &grant(&origin, true));
+        lock(&s, &config, &grant(&origin, client));
+        (s, etcd, origin)
+    }
+
+    #[test]
+    fn releases_its_own_lock_over_mtls_and_leaves_another_owners() {
+        crate::support::require_server!("etcd", "etcd-server");
+        let (s, etcd, _) = etcd_lock(true);
         etcd.put("locks:leader", "web-0");
         let ours = run(&s);
         ours.assert_outcome("unlock", "ok");
@@ -408,11 +416,7 @@ mod etcd {
     #[test]
     fn without_a_client_certificate_etcd_refuses_and_the_report_says_why() {
         crate::support::require_server!("etcd", "etcd-server");
-        let (s, certs) = sandbox();
-        let etcd = Etcd::start_tls(&certs);
-        let origin = format!("https://127.0.0.1:{}", etcd.tls_port.expect("tls port"));
-        let config = format!(r#"backend = "etcd", endpoint = "{origin}""#);
-        lock(&s, &config, &grant(&origin, false));
+        let (s, etcd, origin) = etcd_lock(false);
         etcd.put("locks:leader", "web-0");
         let run = run(&s);
         run.assert_outcome("unlock", "denied");
