@@ -148,12 +148,7 @@ fn builder() -> rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier> {
     // else in the process depends on which one rustls would pick.
     ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
-        .unwrap_or_else(|_| {
-            // ring supports every default version; kept total anyway.
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_protocol_versions(&[&rustls::version::TLS13])
-                .expect("ring supports TLS 1.3")
-        })
+        .expect("the ring provider supports rustls's default protocol versions")
 }
 
 fn load(tls: &GrantTls, now: SystemTime) -> Result<TlsClient, TlsFileError> {

@@ -50,6 +50,25 @@ type SendResult = wasmtime_wasi_http::Result<(
     Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
 )>;
 
+impl HttpGate {
+    /// Whether a grant allows `scheme://host:port`: `None` when none does,
+    /// else the TLS client of an allowing grant with TLS settings of its
+    /// own, if one has them (it wins over the others: a plain
+    /// `"https://*.svc"` beside a table for one service must not take that
+    /// service's CA away).
+    fn allowing(&self, scheme: Scheme, host: &str, port: u16) -> Option<Option<Arc<TlsClient>>> {
+        let mut allowing = self
+            .grants
+            .iter()
+            .zip(self.tls.iter())
+            .filter(|(g, _)| g.allows(scheme, host, port))
+            .map(|(_, tls)| tls)
+            .peekable();
+        allowing.peek()?;
+        Some(allowing.find_map(Clone::clone))
+    }
+}
+
 impl WasiHttpHooks for HttpGate {
     fn send_request(
         &mut self,
@@ -66,27 +85,13 @@ impl WasiHttpHooks for HttpGate {
         let uri = request.uri();
         let scheme = uri.scheme_str().and_then(Scheme::parse);
         let host = uri.host().unwrap_or_default();
-        // Of the grants that allow the origin, one with TLS settings of its
-        // own wins: a plain `"https://*.svc"` beside a table for one
-        // service must not take that service's CA away.
-        let matching = scheme.map(|scheme| {
+        let allowed = scheme.and_then(|scheme| {
             let port = uri.port_u16().unwrap_or(scheme.default_port());
-            let mut allowing = self
-                .grants
-                .iter()
-                .zip(self.tls.iter())
-                .filter(|(g, _)| g.allows(scheme, host, port));
-            let first = allowing.next();
-            let with_tls = first
-                .into_iter()
-                .chain(allowing)
-                .find_map(|(_, tls)| tls.clone());
-            (scheme, first.is_some(), with_tls)
+            self.allowing(scheme, host, port).map(|own| (scheme, own))
         });
-        let allowed = matching.as_ref().is_some_and(|(_, any, _)| *any);
         // A denial names the origin to grant, ready to paste: that is what
         // the author needs, not wasi-http's error code.
-        if !allowed {
+        let Some((scheme, own_tls)) = allowed else {
             let origin = match uri.authority() {
                 Some(a) => format!("{}://{a}", uri.scheme_str().unwrap_or("http")),
                 None => uri.to_string(),
@@ -96,7 +101,7 @@ impl WasiHttpHooks for HttpGate {
                 format!("allow.http = [\"{origin}\"]"),
             );
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
-        }
+        };
         // `max-http` bounds requests in flight, not in all: a poll loop may
         // send many, one after another, but not open them all at once.
         let max = self.caps.max_http;
@@ -133,25 +138,21 @@ impl WasiHttpHooks for HttpGate {
             first_byte: cap(options.and_then(|o| o.first_byte_timeout)),
             between_bytes: cap(options.and_then(|o| o.between_bytes_timeout)),
         };
-        let tls = match matching {
-            Some((Scheme::Https, _, with_tls)) => {
-                Some(with_tls.unwrap_or_else(crate::tls::public_roots))
-            }
-            _ => None,
-        };
+        let tls =
+            (scheme == Scheme::Https).then(|| own_tls.unwrap_or_else(crate::tls::public_roots));
         let denials = self.denials.clone();
         Box::new(async move {
-            let client = tls.clone();
-            let (response, io) = match crate::sandbox::http_send::send(request, timeouts, tls).await
-            {
-                Ok(sent) => sent,
-                Err(SendError::Http(e)) => return Err(e),
-                Err(SendError::Tls(e)) => {
-                    if let Some(client) = &client {
-                        denials.record_tls(&origin, &client.explain(&e, &origin));
-                    }
+            let sent = crate::sandbox::http_send::send(request, timeouts, tls.clone()).await;
+            let (response, io) = match (sent, tls) {
+                (Ok(sent), _) => sent,
+                (Err(SendError::Tls(e)), Some(client)) => {
+                    denials.record_tls(&origin, &client.explain(&e, &origin));
                     return Err(crate::tls::wasi_http_error(&e));
                 }
+                (Err(SendError::Tls(_)), None) => {
+                    return Err(wasmtime_wasi_http::Error::TlsProtocolError);
+                }
+                (Err(SendError::Http(e)), _) => return Err(e),
             };
             // The request stays in flight until its connection ends.
             let io = async move {
