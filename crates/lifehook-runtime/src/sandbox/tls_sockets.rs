@@ -82,7 +82,13 @@ impl TcpTargets {
 /// What the TLS gate knows of an attempt's connections.
 pub(crate) struct TlsGate {
     targets: Arc<TcpTargets>,
-    /// Connections made, by the handle of their input stream.
+    /// Connections made, by the handle of their input stream. A handle is
+    /// reused once its stream is dropped, so an entry can outlive its
+    /// stream (the next connection on that handle replaces it): a
+    /// handshake over another stream then speaks TLS to a file or a pipe
+    /// with that connection's grant, and fails, since no server there can
+    /// prove the granted name. The map holds at most one entry per live
+    /// handle number, which `max-open` bounds.
     connections: HashMap<u32, Connection>,
     /// The decisions taken by handshake constructors, read by the provider.
     tickets: Tickets,
