@@ -228,6 +228,20 @@ mod https {
             "{}",
             check.stderr
         );
+        // A device that never ends is not read.
+        notify(
+            &s,
+            &origin,
+            &format!(r#"{{ origin = "{origin}", ca = "/dev/zero" }}"#),
+        );
+        let check = s.lifehook(&["check"]);
+        assert!(
+            check
+                .stderr
+                .contains("cannot read the CA bundle /dev/zero: not a regular file"),
+            "{}",
+            check.stderr
+        );
         // Not PEM at all.
         s.write("tls/garbage.crt", "not a certificate");
         notify(

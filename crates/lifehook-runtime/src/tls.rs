@@ -200,12 +200,36 @@ fn load(tls: &GrantTls, now: SystemTime) -> Result<TlsClient, TlsFileError> {
     })
 }
 
+/// The most a TLS file may hold: every public root CA in one PEM bundle is
+/// about 220 KB.
+const MAX_TLS_FILE: u64 = 4 << 20;
+
+/// A TLS file's bytes: a regular file (not a FIFO or a device that would
+/// block or never end) of at most [`MAX_TLS_FILE`].
 fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsFileError> {
-    std::fs::read(path).map_err(|source| TlsFileError::Read {
+    use std::io::Read as _;
+    let failed = |source| TlsFileError::Read {
         what,
         path: path.display().to_string(),
         source,
-    })
+    };
+    // Looked at before opening: opening a FIFO blocks until a writer
+    // comes.
+    if !std::fs::metadata(path).map_err(failed)?.is_file() {
+        return Err(failed(std::io::Error::other("not a regular file")));
+    }
+    let file = std::fs::File::open(path).map_err(failed)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_TLS_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(failed)?;
+    if bytes.len() as u64 > MAX_TLS_FILE {
+        return Err(failed(std::io::Error::other(format!(
+            "larger than {} MiB: not a certificate or key file",
+            MAX_TLS_FILE >> 20
+        ))));
+    }
+    Ok(bytes)
 }
 
 /// Every certificate in a PEM file, each valid at `now`.

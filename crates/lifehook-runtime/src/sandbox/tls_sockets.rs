@@ -102,8 +102,20 @@ struct Connection {
     handshaken: Arc<AtomicBool>,
 }
 
-/// The decisions of an attempt's handshakes, by ticket.
-type Tickets = Arc<Mutex<Vec<Option<Ticket>>>>;
+/// The decisions of an attempt's handshakes not yet started, by ticket.
+type Tickets = Arc<Mutex<Pending>>;
+
+/// Decided handshakes waiting for the provider, and the next ticket.
+#[derive(Default)]
+struct Pending {
+    next: u64,
+    waiting: HashMap<u64, Ticket>,
+}
+
+/// Handshakes constructed but not yet finished an attempt may hold: a
+/// plugin that constructs them in a loop and never finishes one is
+/// refused past this rather than growing the runner's memory.
+const MAX_PENDING_HANDSHAKES: usize = 64;
 
 enum Ticket {
     Connect {
@@ -190,9 +202,18 @@ impl TlsGate {
             }
             Some(conn) => self.decide(conn, server_name),
         };
-        let mut tickets = self.tickets.lock().unwrap_or_else(PoisonError::into_inner);
-        tickets.push(Some(ticket));
-        (tickets.len() - 1).to_string()
+        let mut pending = self.tickets.lock().unwrap_or_else(PoisonError::into_inner);
+        let ticket = if pending.waiting.len() >= MAX_PENDING_HANDSHAKES {
+            Ticket::Refuse(format!(
+                "more than {MAX_PENDING_HANDSHAKES} TLS handshakes constructed and not finished"
+            ))
+        } else {
+            ticket
+        };
+        let number = pending.next;
+        pending.next += 1;
+        pending.waiting.insert(number, ticket);
+        number.to_string()
     }
 
     fn decide(&mut self, conn: Connection, server_name: &str) -> Ticket {
@@ -326,12 +347,12 @@ impl TlsProvider for GrantProvider {
         transport: Box<dyn TlsTransport>,
     ) -> Pin<Box<dyn Future<Output = Result<Box<dyn TlsStream>, wasmtime_wasi_tls::Error>> + Send>>
     {
-        let decided = ticket.parse::<usize>().ok().and_then(|i| {
+        let decided = ticket.parse::<u64>().ok().and_then(|number| {
             self.tickets
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .get_mut(i)
-                .and_then(Option::take)
+                .waiting
+                .remove(&number)
         });
         let denials = self.denials.clone();
         Box::pin(async move {
