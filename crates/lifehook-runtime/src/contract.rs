@@ -20,10 +20,14 @@ pub const CONTRACT: &str = concat!("lifehook:hook@", version!());
 pub const COMPATIBLE: &[&str] = &["0.1.0", "0.1.1", "0.1.2", version!()];
 /// The newest WASI 0.2 patch release this host's wasmtime provides.
 pub const WASI_PATCH: u64 = 12;
+/// That release as a version, the one wasmtime-wasi registers its
+/// interfaces under (what the host's shadowing wrappers name).
+pub(crate) const WASI_VERSION: &str = "0.2.12";
 /// The `wasi:config` release `wasmtime-wasi-config` provides.
 pub const CONFIG_VERSION: &str = "0.2.0-rc.1";
-/// The `wasi:tls` draft `wasmtime-wasi-tls` provides (from contract 0.1.3).
-pub const TLS_VERSION: &str = crate::sandbox::tls_sockets::TLS_VERSION;
+/// The `wasi:tls` draft `wasmtime-wasi-tls` provides (from contract 0.1.3;
+/// a draft's version must match exactly).
+pub const TLS_VERSION: &str = "0.2.0-draft";
 
 /// Each package the host links, with the interfaces of it it provides.
 /// `inspect` judges a component's imports against this before it is ever
@@ -139,6 +143,11 @@ mod tests {
     fn wit() -> String {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../wit/hook.wit");
         std::fs::read_to_string(path).expect("wit/hook.wit")
+    }
+
+    #[test]
+    fn the_wasi_version_is_the_patch_release() {
+        assert_eq!(WASI_VERSION, format!("0.2.{WASI_PATCH}"));
     }
 
     #[test]

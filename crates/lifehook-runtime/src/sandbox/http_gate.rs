@@ -50,6 +50,14 @@ type SendResult = wasmtime_wasi_http::Result<(
     Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
 )>;
 
+/// `scheme://authority` of a request, as a grant would write it.
+fn origin_of(uri: &http::Uri) -> String {
+    match uri.authority() {
+        Some(a) => format!("{}://{a}", uri.scheme_str().unwrap_or("http")),
+        None => uri.to_string(),
+    }
+}
+
 impl HttpGate {
     /// Whether a grant allows `scheme://host:port`: `None` when none does,
     /// else the TLS client of an allowing grant with TLS settings of its
@@ -92,10 +100,7 @@ impl WasiHttpHooks for HttpGate {
         // A denial names the origin to grant, ready to paste: that is what
         // the author needs, not wasi-http's error code.
         let Some((scheme, own_tls)) = allowed else {
-            let origin = match uri.authority() {
-                Some(a) => format!("{}://{a}", uri.scheme_str().unwrap_or("http")),
-                None => uri.to_string(),
-            };
+            let origin = origin_of(uri);
             self.denials.record(
                 format!("HTTP {} {origin}{}", request.method(), uri.path()),
                 format!("allow.http = [\"{origin}\"]"),
@@ -120,10 +125,8 @@ impl WasiHttpHooks for HttpGate {
             return Box::new(async { Err(wasmtime_wasi_http::Error::ConnectionLimitReached) });
         }
         let in_flight = InFlight(self.in_flight.clone());
-        let origin = match uri.authority() {
-            Some(a) => format!("{}://{a}", uri.scheme_str().unwrap_or("https")),
-            None => uri.to_string(),
-        };
+        // Only a TLS failure's denial names it.
+        let origin = (scheme == Scheme::Https).then(|| origin_of(uri));
         if let Some(traceparent) = &self.traceparent
             && !request.headers().contains_key("traceparent")
         {
@@ -146,6 +149,7 @@ impl WasiHttpHooks for HttpGate {
             let (response, io) = match (sent, tls) {
                 (Ok(sent), _) => sent,
                 (Err(SendError::Tls(e)), Some(client)) => {
+                    let origin = origin.unwrap_or_default();
                     denials.record_tls(&origin, &client.explain(&e, &origin));
                     return Err(crate::tls::wasi_http_error(&e));
                 }

@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use wasmtime::component::{Linker, Resource, ResourceTable};
+
+use crate::contract::WASI_VERSION;
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, OutputStream, Pollable, StreamError};
 
 /// What one step may hold and write, and what it ran into; shared by the
@@ -210,9 +212,6 @@ pub(crate) trait QuotaView: wasmtime_wasi::WasiView + Send + 'static {
     fn file_streams(&mut self) -> &mut FileStreams;
 }
 
-/// The WASI sockets version wasmtime-wasi 48 registers.
-const SOCKETS_VERSION: &str = "0.2.12";
-
 /// Shadows socket creation in `linker` so that a new socket counts against
 /// `max-open`.
 pub(crate) fn add_sockets_to_linker<T: QuotaView>(linker: &mut Linker<T>) -> anyhow::Result<()> {
@@ -224,7 +223,7 @@ pub(crate) fn add_sockets_to_linker<T: QuotaView>(linker: &mut Linker<T>) -> any
     // accident.
     linker.allow_shadowing(true);
     linker
-        .instance(&format!("wasi:sockets/tcp-create-socket@{SOCKETS_VERSION}"))?
+        .instance(&format!("wasi:sockets/tcp-create-socket@{WASI_VERSION}"))?
         .func_wrap(
             "create-tcp-socket",
             |mut store, (family,): (IpAddressFamily,)| {
@@ -241,7 +240,7 @@ pub(crate) fn add_sockets_to_linker<T: QuotaView>(linker: &mut Linker<T>) -> any
             },
         )?;
     linker
-        .instance(&format!("wasi:sockets/udp-create-socket@{SOCKETS_VERSION}"))?
+        .instance(&format!("wasi:sockets/udp-create-socket@{WASI_VERSION}"))?
         .func_wrap_async(
             "create-udp-socket",
             |mut store, (family,): (IpAddressFamily,)| {

@@ -9,7 +9,7 @@
 //! plugin says: `finish-connect` is shadowed to note each connection's peer
 //! beside its input stream, and the handshake constructor is shadowed to
 //! look the stream up and decide, before wasmtime-wasi-tls's own
-//! constructor runs. Its provider then gets a ticket (the index of the
+//! constructor runs. Its provider then gets a ticket (the number of the
 //! decision) in place of the server name. A TLS-required address's
 //! streams refuse plain bytes until a handshake takes them.
 
@@ -30,12 +30,9 @@ use wasmtime_wasi::p2::{
 };
 use wasmtime_wasi_tls::{TlsProvider, TlsStream, TlsTransport, WasiTlsCtx, WasiTlsCtxBuilder};
 
+use crate::contract::{TLS_VERSION, WASI_VERSION};
 use crate::sandbox::denials::Denials;
 use crate::tls::{TlsClient, rustls_cause};
-
-/// The `wasi:tls` release wasmtime-wasi-tls 48 provides (a draft: its
-/// version must match exactly).
-pub const TLS_VERSION: &str = "0.2.0-draft";
 
 /// The step's TCP grants as the sockets and TLS gates need them: each
 /// address a grant resolved to, whether plain bytes and TLS may go there,
@@ -190,7 +187,24 @@ impl TlsGate {
     /// Decides a handshake over the connection whose input stream is
     /// `input`, asked for `server_name`: the ticket the provider gets.
     fn handshake(&mut self, input: u32, server_name: &str) -> String {
-        let ticket = match self.connections.remove(&input) {
+        let tickets = self.tickets.clone();
+        let mut pending = tickets.lock().unwrap_or_else(PoisonError::into_inner);
+        let ticket = if pending.waiting.len() >= MAX_PENDING_HANDSHAKES {
+            Ticket::Refuse(format!(
+                "more than {MAX_PENDING_HANDSHAKES} TLS handshakes constructed and not finished"
+            ))
+        } else {
+            self.ticket(input, server_name)
+        };
+        let number = pending.next;
+        pending.next += 1;
+        pending.waiting.insert(number, ticket);
+        number.to_string()
+    }
+
+    /// The decision for a handshake over `input`.
+    fn ticket(&mut self, input: u32, server_name: &str) -> Ticket {
+        match self.connections.remove(&input) {
             None => {
                 let message =
                     "TLS over a stream that is not a TCP connection of this step".to_owned();
@@ -201,19 +215,7 @@ impl TlsGate {
                 Ticket::Refuse(message)
             }
             Some(conn) => self.decide(conn, server_name),
-        };
-        let mut pending = self.tickets.lock().unwrap_or_else(PoisonError::into_inner);
-        let ticket = if pending.waiting.len() >= MAX_PENDING_HANDSHAKES {
-            Ticket::Refuse(format!(
-                "more than {MAX_PENDING_HANDSHAKES} TLS handshakes constructed and not finished"
-            ))
-        } else {
-            ticket
-        };
-        let number = pending.next;
-        pending.next += 1;
-        pending.waiting.insert(number, ticket);
-        number.to_string()
+        }
     }
 
     fn decide(&mut self, conn: Connection, server_name: &str) -> Ticket {
@@ -276,9 +278,6 @@ pub(crate) trait TlsGateView:
     fn tls_gate(&mut self) -> (&mut TlsGate, &mut ResourceTable);
 }
 
-/// The WASI sockets version wasmtime-wasi 48 registers.
-const SOCKETS_VERSION: &str = "0.2.12";
-
 /// Links `wasi:tls` (its draft, switched on) and shadows the two calls the
 /// gate watches.
 pub(crate) fn add_to_linker<T: TlsGateView>(linker: &mut Linker<T>) -> anyhow::Result<()> {
@@ -290,7 +289,7 @@ pub(crate) fn add_to_linker<T: TlsGateView>(linker: &mut Linker<T>) -> anyhow::R
     wasmtime_wasi_tls::p2::add_to_linker(linker, &options)?;
     linker.allow_shadowing(true);
     linker
-        .instance(&format!("wasi:sockets/tcp@{SOCKETS_VERSION}"))?
+        .instance(&format!("wasi:sockets/tcp@{WASI_VERSION}"))?
         .func_wrap(
             "[method]tcp-socket.finish-connect",
             |mut store, (socket,): (Resource<wasmtime_wasi::p2::TcpSocket>,)| {
