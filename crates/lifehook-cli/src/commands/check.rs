@@ -56,7 +56,6 @@ impl Check {
                 let (kinds, mut problems) =
                     load_plugins(&runner, pipeline.phases.iter().flat_map(|p| &p.steps));
                 problems.extend(tls_file_problems(&pipeline));
-                preview1_network_warnings(&pipeline);
                 (pipeline, kinds, problems)
             }
         };
@@ -69,8 +68,9 @@ impl Check {
             out += "warning: the pipeline has no [pre-stop] or [post-start] section\n";
         }
         // Budget findings: an error fails the check (a worst case that
-        // cannot fit), a warning only says so (a tight reserve).
-        let mut warnings = Vec::new();
+        // cannot fit), a warning only says so (a tight reserve); so do
+        // network grants a preview-1 module cannot use.
+        let mut warnings = preview1_network_warnings(&pipeline);
         for finding in &pipeline.findings {
             match finding.severity {
                 Severity::Error => problems.push(finding.to_string()),
@@ -164,9 +164,11 @@ fn tls_file_problems(pipeline: &Pipeline) -> Vec<String> {
     problems
 }
 
-/// Warns about network grants given to a WASI preview-1 module: preview 1
-/// has no sockets (and no HTTP), so they do nothing for it.
-fn preview1_network_warnings(pipeline: &Pipeline) {
+/// Network grants given to a WASI preview-1 module: preview 1 has no
+/// sockets (and no HTTP), so they do nothing for it. (A pipeline carried
+/// in a manifest names plugins in the container: none is found here.)
+fn preview1_network_warnings(pipeline: &Pipeline) -> Vec<String> {
+    let mut warnings = Vec::new();
     for step in pipeline.phases.iter().flat_map(|p| &p.steps) {
         let Some(file) = step.plugin().and_then(|p| p.file()) else {
             continue;
@@ -187,14 +189,15 @@ fn preview1_network_warnings(pipeline: &Pipeline) {
             granted.push("allow.tcp");
         }
         if !granted.is_empty() {
-            crate::output::print_err(&format!(
-                "warning: step `{}`: {} is a WASI preview-1 module; preview 1 has no sockets, so its {} grants do nothing (drop them, or build the plugin as a component for wasm32-wasip2)\n\n",
+            warnings.push(format!(
+                "warning: step `{}`: {} is a WASI preview-1 module; preview 1 has no sockets, so its {} grants do nothing (drop them, or build the plugin as a component for wasm32-wasip2)",
                 step.name,
                 file.display(),
                 granted.join(" and ")
             ));
         }
     }
+    warnings
 }
 
 /// The file name of `path`, or all of it when it has none.
