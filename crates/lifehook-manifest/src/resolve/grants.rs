@@ -191,16 +191,21 @@ impl Resolver<'_> {
     /// Warns when a client key lies inside a directory the same step
     /// grants: the plugin could read the key it was meant never to hold.
     fn keys_in_dirs(&mut self, raw: &RawStep, grants: &Grants) {
+        fn client(tls: &Option<GrantTls>) -> Option<&ClientCert> {
+            tls.as_ref()?.client.as_ref()
+        }
         let keys = grants
             .http
             .iter()
-            .map(|g| (g.tls.as_ref(), g.to_string()))
-            .chain(grants.tcp.iter().map(|g| (g.tls.as_ref(), g.to_string())));
+            .filter_map(|g| Some((client(&g.tls)?, g.to_string())))
+            .chain(
+                grants
+                    .tcp
+                    .iter()
+                    .filter_map(|g| Some((client(&g.tls)?, g.to_string()))),
+            );
         let mut found = Vec::new();
-        for (tls, grant) in keys {
-            let Some(client) = tls.and_then(|t| t.client.as_ref()) else {
-                continue;
-            };
+        for (client, grant) in keys {
             for dir in &grants.dirs {
                 if client.key.starts_with(&dir.host) {
                     let access = match dir.access {
