@@ -98,19 +98,26 @@ impl TlsFileError {
 /// grant written as a plain string trusts. Built once per process, and only
 /// when a step sends over TLS.
 static PUBLIC: LazyLock<Arc<TlsClient>> = LazyLock::new(|| {
-    let roots = RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
     Arc::new(TlsClient {
         config: Arc::new(
             builder()
-                .with_root_certificates(roots)
+                .with_root_certificates(public_root_store())
                 .with_no_client_auth(),
         ),
-        trusted: "the public web roots".into(),
+        trusted: PUBLIC_ROOTS.into(),
         client_cert: None,
     })
 });
+
+/// What a grant without `ca` trusts, as messages name it.
+const PUBLIC_ROOTS: &str = "the public web roots";
+
+/// The public web roots (Mozilla's, built in).
+fn public_root_store() -> RootCertStore {
+    RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    }
+}
 
 /// The client of a grant without TLS settings of its own.
 pub(crate) fn public_roots() -> Arc<TlsClient> {
@@ -164,12 +171,7 @@ fn load(tls: &GrantTls, now: SystemTime) -> Result<TlsClient, TlsFileError> {
             }
             (roots, format!("the CA bundle {}", path.display()))
         }
-        None => (
-            RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            },
-            "the public web roots".to_owned(),
-        ),
+        None => (public_root_store(), PUBLIC_ROOTS.to_owned()),
     };
     let with_roots = builder().with_root_certificates(roots);
     let (config, client_cert) = match &tls.client {

@@ -61,11 +61,12 @@ pub(crate) async fn send(
 ) -> Result<Sent, SendError> {
     use http_body_util::BodyExt as _;
     let uri = request.uri();
-    let host = uri.host().ok_or(Error::HttpRequestUriInvalid)?.to_owned();
     let port = uri
         .port_u16()
         .unwrap_or(if tls.is_some() { 443 } else { 80 });
-    let bare_host = host
+    let bare_host = uri
+        .host()
+        .ok_or(Error::HttpRequestUriInvalid)?
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
@@ -88,15 +89,7 @@ pub(crate) async fn send(
             let handshake = tokio::time::timeout(timeouts.connect, connector.connect(name, tcp))
                 .await
                 .map_err(|_| Error::ConnectionTimeout)?;
-            match handshake {
-                Ok(s) => Box::new(s),
-                Err(e) => {
-                    return Err(match rustls_cause(&e) {
-                        Some(r) => SendError::Tls(r.clone()),
-                        None => SendError::Http(Error::Tls(e)),
-                    });
-                }
-            }
+            Box::new(handshake.map_err(|e| tls_or(e, Error::Tls))?)
         }
     };
     let (mut sender, conn) = tokio::time::timeout(
@@ -140,10 +133,7 @@ pub(crate) async fn send(
             {
                 return Err(SendError::Tls(r.clone()));
             }
-            return Err(match rustls_cause(&e) {
-                Some(r) => SendError::Tls(r.clone()),
-                None => SendError::Http(Error::from(e)),
-            });
+            return Err(tls_or(e, Error::from));
         }
     };
     let between = timeouts.between_bytes.max(Duration::from_nanos(1));
@@ -160,6 +150,14 @@ pub(crate) async fn send(
         None => Box::pin(async move { conn.await.map_err(Error::from) }),
     };
     Ok((response, io))
+}
+
+/// `e` as the TLS error somewhere in its causes, or as `otherwise` makes it.
+fn tls_or<E: std::error::Error + 'static>(e: E, otherwise: impl FnOnce(E) -> Error) -> SendError {
+    match rustls_cause(&e).cloned() {
+        Some(r) => SendError::Tls(r),
+        None => SendError::Http(otherwise(e)),
+    }
 }
 
 /// A response body that fails when the server pauses longer than the
