@@ -172,9 +172,7 @@ fn describe_preview1(path: &Path, bytes: &[u8]) -> Result<Report, UsageError> {
             path.display()
         ))
     };
-    if let Some(why) = lifehook_runtime::adapt::refusal(bytes) {
-        return Err(cannot(why));
-    }
+    // Adapting refuses what is not a preview-1 command, with the reason.
     #[cfg(feature = "compiler")]
     {
         let component = lifehook_runtime::adapt::adapt_bytes(bytes).map_err(cannot)?;
@@ -184,10 +182,13 @@ fn describe_preview1(path: &Path, bytes: &[u8]) -> Result<Report, UsageError> {
         Ok(report)
     }
     #[cfg(not(feature = "compiler"))]
-    Err(UsageError(format!(
-        "{} is a WASI preview-1 command module: this runtime-only lifehook cannot adapt it to show its imports (it runs the artifact a full build's `lifehook compile` made for it); inspect it with a full build",
-        path.display()
-    )))
+    match lifehook_runtime::adapt::refusal(bytes) {
+        Some(why) => Err(cannot(why)),
+        None => Err(UsageError(format!(
+            "{} is a WASI preview-1 command module: this runtime-only lifehook cannot adapt it to show its imports (it runs the artifact a full build's `lifehook compile` made for it); inspect it with a full build",
+            path.display()
+        ))),
+    }
 }
 
 /// The names of the component's own imports and exports (not those of the
